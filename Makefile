@@ -1,0 +1,32 @@
+# Two commands from a clean clone: `make demo` and `make test` (README).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= ../shared/data
+# Extra `genrec demo` flags, e.g. DEMO_ARGS="--checkpoint runs/ckpt-ml100k" or "--epochs 10 --events 5000".
+DEMO_ARGS ?=
+
+.PHONY: setup demo test lint clean
+
+$(BIN)/genrec: pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: the CPU build on disk (an unpinned resolve may pull a CUDA build).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(BIN)/genrec
+
+setup: $(BIN)/genrec
+
+demo: setup
+	$(BIN)/genrec demo --data-dir $(DATA_DIR) $(DEMO_ARGS)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

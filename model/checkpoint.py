@@ -1,0 +1,177 @@
+"""Checkpoints: weights in safetensors (never pickle), configuration, item vocabulary and metrics in JSON.
+
+    CKPT/model.safetensors   tensors only
+    CKPT/config.json         {"model": ModelConfig, "train": TrainConfig, "dataset", "version", "parent",
+                              "created_at", "sha256": of model.safetensors}
+    CKPT/items.json          the item vocabulary: index i (1-based) ↔ items[i-1], the data set's own ids
+    CKPT/metrics.json        training and evaluation metrics
+
+Written into a temporary sibling directory and renamed into place, so a reader never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.config import ModelConfig
+from model.generative import GenerativeRecommender
+from model.text import ITEM_TEXT_CACHE_GLOB
+
+WEIGHTS = "model.safetensors"
+MAX_CHECKPOINT_BYTES = 2 * 1024**3
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupted or does not match its recorded hash."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    model: GenerativeRecommender
+    item_ids: list[str]
+    meta: dict[str, Any]
+    metrics: dict[str, Any]
+    path: Path
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", self.path.name))
+
+
+def save_checkpoint(path: Path | str, model: GenerativeRecommender, item_ids: list[str], *, dataset: str,
+                    train_config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                    version: str | None = None, parent: str | None = None,
+                    extra_meta: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    if len(item_ids) != model.cfg.num_items:
+        raise ValueError(f"{len(item_ids)} item ids for a model of {model.cfg.num_items} items")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS))
+        digest = sha256_file(tmp / WEIGHTS)
+        meta = {
+            "format": 1,
+            "model": model.cfg.model_dump(),
+            "train": train_config or {},
+            "dataset": dataset,
+            "version": version or f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}-{digest[:8]}",
+            "parent": parent,
+            "created_at": time.time(),
+            "sha256": digest,
+            **(extra_meta or {}),
+        }
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "items.json").write_text(json.dumps(item_ids))
+        (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if path.is_dir():
+            # The item-text embedding cache lives next to the checkpoint (model.text.embed_item_texts); a
+            # new save of the same directory keeps it, since it is keyed by encoder and texts, not weights.
+            for cached in path.glob(ITEM_TEXT_CACHE_GLOB):
+                shutil.copy2(cached, tmp / cached.name)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def resolve_in_store(store: Path | str, path: Path | str) -> Path:
+    """`path` (relative to the model store, or absolute) as a real path inside `store`, or CheckpointError.
+
+    A model path arrives in a message (`ModelVersion.path`): it must not make a worker read anything
+    outside its model store (`..`, an absolute path elsewhere, a symlink pointing out of it).
+    """
+    root = Path(store).resolve()
+    target = Path(path)
+    resolved = (target if target.is_absolute() else root / target).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise CheckpointError(f"model path {str(path)[:256]!r} is outside the model store {root}")
+    if resolved == root:
+        raise CheckpointError(f"model path {str(path)[:256]!r} is the model store itself, not a checkpoint in it")
+    return resolved
+
+
+def read_meta(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: not a checkpoint (no config.json)") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}/config.json is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CheckpointError(f"{path}/config.json has no model configuration")
+    return meta
+
+
+def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", expected_sha256: str | None = None
+                    ) -> Checkpoint:
+    """Load and verify: the weights' sha256 must match config.json (and `expected_sha256` if given)."""
+    path = Path(path)
+    meta = read_meta(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: {WEIGHTS} is missing")
+    if weights.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{weights}: larger than the {MAX_CHECKPOINT_BYTES}-byte bound")
+    if meta.get("sha256") is None and expected_sha256 is None:
+        # Unverifiable: save_checkpoint always records the hash, so its absence means a hand-made or damaged file.
+        raise CheckpointError(f"{path}/config.json records no sha256 of {WEIGHTS}")
+    digest = sha256_file(weights)
+    for want in (meta.get("sha256"), expected_sha256):
+        if want is not None and want != digest:
+            raise CheckpointError(f"{weights}: sha256 {digest[:12]}… does not match the expected {str(want)[:12]}…")
+    try:
+        cfg = ModelConfig(**meta["model"])
+        item_ids = json.loads((path / "items.json").read_text())
+        tensors = load_file(str(weights), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
+        raise CheckpointError(f"{path}: cannot load checkpoint: {e}") from e
+    if not isinstance(item_ids, list) or len(item_ids) != cfg.num_items:
+        raise CheckpointError(f"{path}/items.json does not hold {cfg.num_items} item ids")
+    # A hash proves the file is the one written, not that training wrote sane numbers into it.
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite weights in {', '.join(bad[:3])}")
+    model = GenerativeRecommender(cfg)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the configured model: {e}") from e
+    model.to(device).eval()
+    metrics_path = path / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{metrics_path} is unreadable: {e}") from e
+    return Checkpoint(model, [str(x) for x in item_ids], meta, metrics, path)

@@ -1,0 +1,113 @@
+"""Typed configuration. Defaults reproduce the ML-100K benchmark row `genrec` (BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Config):
+    num_items: int = Field(ge=1)  # vocabulary indices 1..num_items; 0 is padding
+    d_model: int = Field(default=64, ge=8)
+    n_layers: int = Field(default=2, ge=1, le=24)
+    n_heads: int = Field(default=2, ge=1)
+    ffn_mult: int = Field(default=4, ge=1)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    max_events: int = Field(default=200, ge=1, le=4096)  # L: history events the model reads
+    # Two tokens per item event (item, action) when the data has feedback; one otherwise.
+    interleave_actions: bool = True
+    backbone: Literal["transformer"] = "transformer"
+    # Time-aware rotary positions (SynerGen): half the rotary pairs turn with the token index, half with time.
+    time_rope: bool = True
+    rope_index_base: float = 10_000.0
+    time_period_min_s: float = 60.0
+    time_period_max_s: float = 2 * 365 * 86_400.0
+    tau: float = Field(default=0.05, gt=0.0)  # retrieval softmax temperature
+    rank_hidden: int = Field(default=64, ge=1)
+    query_dim: int = Field(default=0, ge=0)  # 0: no query tokens; else the text encoder's dimension
+    text_dim: int = Field(default=0, ge=0)  # 0: ID-only items; else frozen item-text features are projected in
+    # Serving ranks by the ranking head only if it was trained; else by the retrieval score.
+    ranking_trained: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class EnhancerConfig(_Config):
+    """Ranking-driven enhancer (UniGRF): the ranker's judgement of retrieved items feeds back into retrieval."""
+
+    enabled: bool = True
+    warmup_steps: int = Field(default=200, ge=0)
+    period: int = Field(default=4, ge=1)  # run on every `period`-th step after warm-up
+    k_prime: int = Field(default=50, ge=1)  # retrieval top-K' scored by the ranker
+    hard_negatives: int = Field(default=4, ge=0)  # m
+    hard_max_prob: float = Field(default=0.5, ge=0.0, le=1.0)  # a hard negative's ranking prob is below this
+    alpha: float = Field(default=0.85, ge=0.0, le=1.0)  # soft positives: ranking prob ≥ α
+    soft_weight: float = Field(default=0.1, ge=0.0)
+    positions_per_user: int = Field(default=4, ge=1)
+
+
+class WeighterConfig(_Config):
+    """Gradient-guided adaptive loss weighting (UniGRF; GradNorm-style closed form)."""
+
+    mode: Literal["adaptive", "static"] = "adaptive"
+    static_weights: tuple[float, float] = (1.0, 1.0)  # (retrieval, ranking)
+    every: int = Field(default=10, ge=1)
+    gamma: float = Field(default=1.5, ge=0.0)  # asymmetry: how strongly the slower task is favoured
+    step: float = Field(default=0.3, gt=0.0, le=1.0)  # multiplicative move toward the target weight
+    min_weight: float = Field(default=0.1, gt=0.0)
+    ema: float = Field(default=0.9, ge=0.0, lt=1.0)  # smoothing of the losses that define training rates
+    # "initial": each task's gradient norm is read relative to its own first measurement, so tasks whose
+    # losses have different natural gradient scales (InfoNCE's are ~10x BCE's here) keep their weights
+    # while they train at the same rate; "absolute" is plain GradNorm, which equalizes raw norms and on
+    # ML-100K pushed w_ret to ~0.2 and lost NDCG@10 (BENCHMARKS.md).
+    grad_reference: Literal["initial", "absolute"] = "initial"
+
+
+class SearchConfig(_Config):
+    """Joint search + recommendation (SynerGen): generated queries in the sequences, item text features."""
+
+    enabled: bool = False
+    share: float = Field(default=0.2, ge=0.0, le=1.0)  # share of training events preceded by a query
+    noise: float = Field(default=0.2, ge=0.0, le=1.0)  # chance a query carries a wrong genre
+    encoder: Literal["minilm", "hashed"] = "minilm"
+    item_text: bool = True  # item tokens gain the projected text embedding beside the ID embedding
+    seed: int = 0
+
+
+class TrainConfig(_Config):
+    epochs: int = Field(default=60, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=2e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    grad_clip: float = Field(default=1.0, gt=0.0)
+    task: Literal["joint", "retrieval", "ranking"] = "joint"
+    uniform_negatives: int = Field(default=512, ge=0)
+    inbatch_negatives: int = Field(default=256, ge=0)
+    bpr_weight: float = Field(default=0.5, ge=0.0)
+    patience: int = Field(default=8, ge=1)  # epochs without validation improvement before stopping
+    # Sequence models sit on a popularity plateau for the first hundreds of steps: never stop before this.
+    min_epochs: int = Field(default=10, ge=1)
+    # Sample a random window end for users with more than L events (uses the whole history over epochs).
+    random_crop: bool = True
+    seed: int = 42
+    threads: int = Field(default=0, ge=0)  # 0: torch's default
+    eval_batch_size: int = Field(default=256, ge=1)
+    # Validation and test leave each user's seen items out of the full ranking (SASRec's and HSTU's protocol).
+    eval_exclude_seen: bool = True
+    enhancer: EnhancerConfig = EnhancerConfig()
+    weighter: WeighterConfig = WeighterConfig()
+    search: SearchConfig = SearchConfig()
+
+
+class RunConfig(_Config):
+    """What `genrec train --config FILE` reads (JSON): model overrides and training settings."""
+
+    model: dict[str, object] = Field(default_factory=dict)
+    train: TrainConfig = TrainConfig()

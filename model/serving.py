@@ -1,0 +1,181 @@
+"""Serving one batch of requests with one model (design.md §4, "Serving one request"):
+
+    forward the history (+ query) once → user state at the last token → top-K' by the retrieval head over all
+    items (seen items excluded on request) → append the K' candidates as item tokens at the request time,
+    each seeing the cached history keys/values and itself only → ranking head → sort → top-k.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import Checkpoint, load_checkpoint
+from model.data import SequenceDataset, load_item_meta
+from model.generative import GenerativeRecommender
+from model.text import clean_query
+from model.tokens import History, tokenize
+
+log = logging.getLogger(__name__)
+
+DEFAULT_K_PRIME = 200
+# A search takes fewer candidates: relevance to the query is the retriever's call (it reads the query token);
+# the ranker then orders the relevant items by predicted feedback.
+DEFAULT_K_PRIME_SEARCH = 50
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    rank: int  # from 1
+    score: float  # ranking head probability (or the retrieval score for retrieval-only models)
+    retrieval_score: float  # cosine of user state and item
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Recommender:
+    """A loaded model plus its item vocabulary; `recommend` is synchronous and serves a whole batch."""
+
+    def __init__(self, ckpt: Checkpoint, device: str | None = None, k_prime: int = DEFAULT_K_PRIME,
+                 k_prime_search: int = DEFAULT_K_PRIME_SEARCH) -> None:
+        self.device = pick_device(device)
+        self.model: GenerativeRecommender = ckpt.model.to(self.device).eval()
+        self.cfg = self.model.cfg
+        self.item_ids = ckpt.item_ids
+        self.index = {raw: i + 1 for i, raw in enumerate(self.item_ids)}
+        self.version = ckpt.version
+        self.meta = ckpt.meta
+        self.path = ckpt.path
+        self.k_prime = k_prime
+        self.k_prime_search = k_prime_search
+        self.text_encoder = None  # created on first query (only models with query tokens use it)
+        with torch.inference_mode():
+            self.item_table = self.model.output_item_table()  # [N+1, D], fixed for a loaded version
+        pop = np.asarray(ckpt.meta.get("item_popularity") or np.zeros(self.cfg.num_items), np.float64)
+        self.popularity = np.concatenate([[-np.inf], pop])  # cold-start order for users with no history
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = None, expected_sha256: str | None = None,
+                        k_prime: int = DEFAULT_K_PRIME, k_prime_search: int = DEFAULT_K_PRIME_SEARCH) -> Recommender:
+        return cls(load_checkpoint(path, "cpu", expected_sha256), device, k_prime, k_prime_search)
+
+    @property
+    def max_events(self) -> int:
+        return self.cfg.max_events
+
+    @property
+    def supports_queries(self) -> bool:
+        return self.cfg.query_dim > 0
+
+    def history_from_raw(self, item_ids: Sequence[str], actions: Sequence[int], ts_ms: Sequence[int]) -> History:
+        """Raw item ids → vocabulary indices; items this model does not know are dropped (cold items).
+
+        The whole history is kept: `recommend` reads its last L events and excludes every item in it.
+        """
+        idx = np.fromiter((self.index.get(str(i), 0) for i in item_ids), np.int32, len(item_ids))
+        keep = idx > 0
+        return History(idx[keep], np.asarray(actions, np.int8)[keep], np.asarray(ts_ms, np.int64)[keep])
+
+    def _encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        from model.text import make_text_encoder
+
+        if self.text_encoder is None:
+            name = self.meta.get("text_encoder", "minilm")
+            self.text_encoder = make_text_encoder(name, **({"dim": self.cfg.query_dim} if name == "hashed" else {}))
+            if self.text_encoder.dim != self.cfg.query_dim:
+                raise ValueError(f"text encoder {name} gives {self.text_encoder.dim}-d vectors; "
+                                 f"the model expects {self.cfg.query_dim}")
+        return self.text_encoder.encode(list(queries))
+
+    @torch.inference_mode()
+    def recommend(self, histories: Sequence[History], k: Sequence[int] | int,
+                  exclude_seen: Sequence[bool] | bool = True, queries: Sequence[str | None] | None = None,
+                  now_ms: Sequence[int] | None = None
+                  ) -> list[list[Recommendation]]:
+        B = len(histories)
+        if B == 0:
+            return []
+        ks = [k] * B if isinstance(k, int) else list(k)
+        excl = [exclude_seen] * B if isinstance(exclude_seen, bool) else list(exclude_seen)
+        # Cleaned and bounded (NFKC, control characters stripped, ≤ 512 chars); empty → plain recommendation.
+        qs: list[str | None] = [clean_query(q) for q in queries] if queries is not None else [None] * B
+        if not self.supports_queries and any(qs):
+            log.warning("model %s has no query tokens: serving queries as plain recommendations", self.version)
+            qs = [None] * B
+        now_s = (np.asarray(now_ms, np.int64) // 1000) if now_ms is not None else np.full(B, int(time.time()))
+        hist = [h.last(self.max_events) for h in histories]
+        query_rows: list[tuple[int, int] | None] = []
+        row = 0
+        for b, q in enumerate(qs):
+            if q:
+                query_rows.append((row, int(now_s[b])))
+                row += 1
+            else:
+                query_rows.append(None)
+        qvecs = self._encode_queries([q for q in qs if q]) if row else None
+        tb = tokenize([h.items for h in hist], [h.actions for h in hist], [h.ts_ms // 1000 for h in hist],
+                      self.cfg.interleave_actions, queries=query_rows if row else None, query_vecs=qvecs)
+        batch = self.model.to_tensors(tb)
+        h, cache = self.model.encode(batch)
+        scores = self.model.retrieval_scores(h[:, -1], self.model.query_vectors(batch, batch["query"][:, -1]),
+                                             self.item_table)
+        # Every item of the history passed in is excluded, also those older than the L events the model reads.
+        for b, full in enumerate(histories):
+            if excl[b] and len(full):
+                scores[b, torch.as_tensor(full.items, dtype=torch.long, device=scores.device)] = float("-inf")
+        n_items = self.cfg.num_items
+        kp = min(max(self.k_prime, max(ks)), n_items)
+        top_s, top_i = scores.topk(kp, dim=1)  # [B, K']
+        if self.cfg.ranking_trained:
+            cand_ts = torch.as_tensor(now_s, device=scores.device)[:, None].expand(B, kp)
+            rank = torch.sigmoid(self.model.score_candidates(top_i, cand_ts, cache))
+        else:
+            rank = top_s
+        # Searches keep only their top-K'_search retrieved candidates (by retrieval score: top_s is sorted).
+        per_row_kp = torch.as_tensor([max(self.k_prime_search, ks[b]) if qs[b] else kp for b in range(B)],
+                                     device=scores.device)
+        beyond = torch.arange(kp, device=scores.device)[None, :] >= per_row_kp[:, None]
+        rank = rank.masked_fill(~torch.isfinite(top_s) | beyond, float("-inf"))  # excluded items never come back
+        order = rank.argsort(dim=1, descending=True, stable=True)
+        top_i, top_s, rank = (x.gather(1, order).cpu().numpy() for x in (top_i, top_s, rank))
+        out: list[list[Recommendation]] = []
+        for b in range(B):
+            if len(hist[b]) == 0 and not qs[b]:
+                out.append(self._popular(ks[b]))
+                continue
+            recs = []
+            for j in range(kp):
+                if len(recs) == ks[b] or not np.isfinite(rank[b, j]):
+                    break
+                recs.append(Recommendation(self.item_ids[int(top_i[b, j]) - 1], len(recs) + 1, float(rank[b, j]),
+                                           float(top_s[b, j])))
+            out.append(recs)
+        return out
+
+    def _popular(self, k: int) -> list[Recommendation]:
+        """Cold start (no history, no query): the most popular items of the training data."""
+        top = np.argsort(-self.popularity, kind="stable")[:k]
+        total = max(float(self.popularity[1:].sum()), 1.0)
+        return [Recommendation(self.item_ids[int(i) - 1], r + 1, float(self.popularity[i] / total), 0.0)
+                for r, i in enumerate(top) if i > 0]
+
+
+def item_titles(ds: SequenceDataset, data_dir: Path | str | None) -> dict[str, str]:
+    """Display titles by raw item id (MovieLens titles, synthetic names, Amazon attribute tokens)."""
+    from model.queries import display_title, item_text
+
+    out = {}
+    for raw, meta in load_item_meta(ds, data_dir).items():
+        out[raw] = display_title(meta.title) if meta.title else (item_text(meta) or raw)
+    return out

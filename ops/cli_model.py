@@ -1,0 +1,175 @@
+"""Model commands: `genrec train`, `genrec eval`, `genrec recommend` (design.md §8)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="ml-100k | ml-1m | amazon | amazon-beauty | synthetic")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="folder holding the data set (../shared/data)")]
+
+
+def load_run_config(dataset: str, config: Path | None, epochs: int | None, overrides: dict[str, Any]) -> Any:
+    """The data set's preset, then the JSON config file's keys, then flags."""
+    from model.config import RunConfig
+    from model.presets import preset
+
+    base = preset(dataset)
+    raw: dict[str, Any] = json.loads(config.read_text()) if config else {}
+    train = base.train.model_dump()
+    _deep_update(train, raw.get("train", {}))
+    run = RunConfig(model={**base.model, **raw.get("model", {})}, train=train)
+    train = run.train.model_dump()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        target = train
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    if epochs is not None:
+        train["epochs"] = epochs
+    return RunConfig(model=run.model, train=train)
+
+
+def _deep_update(target: dict[str, Any], src: dict[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(target.get(k), dict):
+            _deep_update(target[k], v)
+        else:
+            target[k] = v
+
+
+def train(
+    dataset: DatasetOpt,
+    out: Annotated[Path, typer.Option("--out", help="checkpoint directory to write")],
+    data_dir: DataDirOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs (early stopping may end sooner)")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file: {\"model\": {...}, \"train\": {...}}")] = None,
+    task: Annotated[str | None, typer.Option(help="joint | retrieval | ranking")] = None,
+    enhancer: Annotated[bool | None, typer.Option("--enhancer/--no-enhancer")] = None,
+    weighting: Annotated[str | None, typer.Option(help="adaptive | static")] = None,
+    time_rope: Annotated[bool | None, typer.Option("--time-rope/--no-time-rope")] = None,
+    search: Annotated[bool | None, typer.Option("--search/--no-search", help="joint search + recommendation")] = None,
+    text_encoder: Annotated[str | None, typer.Option(help="minilm | hashed (query and item text encoder)")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Train on the leave-one-out training part, early-stop on validation, evaluate on test, save."""
+    from model.checkpoint import save_checkpoint
+    from model.data import load_dataset, train_popularity
+    from model.train import fit_and_test
+
+    flags = {"task": task, "enhancer.enabled": enhancer, "weighter.mode": weighting, "search.enabled": search,
+             "search.encoder": text_encoder}
+    run = load_run_config(dataset, config, epochs, flags)
+    ds = load_dataset(dataset, data_dir)
+    model_over = dict(run.model)
+    if time_rope is not None:
+        model_over["time_rope"] = time_rope
+    typer.echo(f"training on {ds.summary()}", err=True)
+    popularity: dict[str, Any] = {"item_popularity": train_popularity(ds).tolist()}
+    search_data = None
+    if run.train.search.enabled:
+        from model.search import search_data_for
+
+        sc = run.train.search
+        search_data = search_data_for(ds, data_dir, sc.encoder, sc.share, sc.noise, sc.seed, cache_dir=out)
+        popularity["text_encoder"] = sc.encoder
+
+    def save_best(model: Any, row: dict[str, Any]) -> None:
+        # A checkpoint after every validation improvement: a long run can be stopped at any time.
+        save_checkpoint(out, model, ds.item_ids, dataset=ds.name, train_config=run.train.model_dump(),
+                        metrics={"valid": {k: v for k, v in row.items() if k.startswith("valid_")},
+                                 "epoch": row["epoch"], "partial": True}, extra_meta=popularity)
+
+    result, test = fit_and_test(ds, run.train, progress=progress, search=search_data, on_best=save_best,
+                                **model_over)
+    metrics = {"test": test, "valid": result.best_valid, "best_epoch": result.best_epoch,
+               "epochs_run": result.epochs_run, "train_seconds": result.train_seconds,
+               "train_tokens_per_s": result.tokens_per_s, "history": result.history}
+    path = save_checkpoint(out, result.model, ds.item_ids, dataset=ds.name, train_config=run.train.model_dump(),
+                           metrics=metrics, extra_meta=popularity)
+    typer.echo(json.dumps({"checkpoint": str(path), "test": test, "best_epoch": result.best_epoch,
+                           "train_seconds": round(result.train_seconds, 1)}))
+
+
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint")],
+    dataset: DatasetOpt,
+    data_dir: DataDirOpt = None,
+    split: Annotated[str, typer.Option(help="test | valid")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    exclude_seen: Annotated[bool, typer.Option(
+        "--exclude-seen/--include-seen",
+        help="leave each user's seen items out of the ranking (SASRec/HSTU protocol) or rank them too",
+    )] = True,
+) -> None:
+    """Evaluate a checkpoint with the papers' protocol (leave-one-out, full ranking)."""
+    from model.checkpoint import load_checkpoint
+    from model.data import load_dataset
+    from model.evaluate import evaluate
+
+    ckpt = load_checkpoint(checkpoint)
+    ds = load_dataset(dataset, data_dir)
+    if ds.item_ids != ckpt.item_ids:
+        raise typer.BadParameter(f"checkpoint {checkpoint} was trained on another item vocabulary than {dataset}")
+    search_data = None
+    if ckpt.model.cfg.query_dim:
+        from model.search import search_data_for
+
+        sc = ckpt.meta.get("train", {}).get("search", {})
+        search_data = search_data_for(ds, data_dir, ckpt.meta.get("text_encoder", "minilm"), sc.get("share", 0.2),
+                                      sc.get("noise", 0.2), sc.get("seed", 0), cache_dir=checkpoint)
+    metrics = evaluate(ckpt.model, ds, split, search=search_data, exclude_seen=exclude_seen)
+    if as_json:
+        sys.stdout.write(json.dumps({k: round(v, 6) for k, v in metrics.items()}) + "\n")
+    else:
+        for k, v in metrics.items():
+            typer.echo(f"{k:>12}  {v:.4f}")
+
+
+def recommend(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint")],
+    user: Annotated[list[str], typer.Option("--user", help="user id (repeatable)")],
+    dataset: DatasetOpt = "ml-100k",
+    data_dir: DataDirOpt = None,
+    k: int = 10,
+    query: Annotated[str | None, typer.Option(help="search query (personalized search)")] = None,
+    exclude_seen: Annotated[bool, typer.Option("--exclude-seen/--include-seen")] = True,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recommend for users of a data set, their full history as context (serving path)."""
+    from model.data import load_dataset
+    from model.serving import Recommender, item_titles
+
+    rec = Recommender.from_checkpoint(checkpoint)
+    ds = load_dataset(dataset, data_dir)
+    titles = item_titles(ds, data_dir)
+    index = {u: i for i, u in enumerate(ds.user_ids)}
+    missing = [u for u in user if u not in index]
+    if missing:
+        raise typer.BadParameter(f"unknown user(s) in {dataset}: {', '.join(missing)}")
+    hists = [rec.history_from_raw([ds.item_ids[i - 1] for i in ds.items[index[u]]], ds.actions[index[u]],
+                                  ds.ts[index[u]] * 1000) for u in user]
+    results = rec.recommend(hists, [k] * len(user), [exclude_seen] * len(user), [query] * len(user))
+    if as_json:
+        out = {u: [r.__dict__ | {"title": titles.get(r.item_id)} for r in rs] for u, rs in zip(user, results,
+                                                                                                 strict=True)}
+        sys.stdout.write(json.dumps(out) + "\n")
+        return
+    for u, rs in zip(user, results, strict=True):
+        typer.echo(f"user {u}" + (f"  query {query!r}" if query else ""))
+        for r in rs:
+            typer.echo(f"  {r.rank:>3}. {titles.get(r.item_id, r.item_id):<60} score {r.score:.3f}  "
+                       f"retrieval {r.retrieval_score:.3f}")
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("eval")(eval_cmd)
+    app.command("recommend")(recommend)

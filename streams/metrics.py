@@ -1,0 +1,105 @@
+"""Prometheus metrics of one worker (design.md §5 Observability), on a registry of its own.
+
+Rates (events/s, requests/s) are `rate()` of the counters; lag is computed at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# aiohttp wants the charset outside content_type; the exposition format is ASCII anyway.
+CONTENT_TYPE = "text/plain; version=0.0.4"
+
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.5,
+    5.0,
+    10.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class _LagCollector(Collector):
+    def __init__(self, lag: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self._lag = lag
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        g = GaugeMetricFamily(
+            "genrec_consumer_lag",
+            "Log end offset minus the next offset to read",
+            labels=["topic", "partition"],
+        )
+        for topic, partition, lag in self._lag():
+            g.add_metric([topic, str(partition)], lag)
+        yield g
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.events = Counter(
+            "genrec_events", "Events consumed, by outcome", ["outcome"], registry=r
+        )  # appended | duplicate | query | dead_letter
+        self.requests = Counter("genrec_requests", "Requests received, by source", ["source"], registry=r)
+        self.results = Counter("genrec_results", "Results sent", registry=r)
+        self.dead_letters = Counter("genrec_dead_letters", "Dead letters sent", ["source_topic"], registry=r)
+        # Reasons are schemas.REJECT_REASONS plus "inference": a closed set, so the label stays bounded.
+        self.rejected = Counter(
+            "genrec_rejected",
+            "Messages dead-lettered, by source topic and reason",
+            ["source_topic", "reason"],
+            registry=r,
+        )
+        self.failed_requests = Counter(
+            "genrec_failed_requests", "Requests the model failed on (dead-lettered)", registry=r
+        )
+        self.batch_size = Histogram(
+            "genrec_batch_size", "Requests per inference batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "genrec_inference_seconds", "Model time per batch", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.e2e_seconds = Histogram(
+            "genrec_end_to_end_latency_seconds",
+            "Request produced (Kafka timestamp) → result sent",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pending = Gauge("genrec_pending_requests", "Requests waiting for inference", registry=r)
+        self.model_info = Gauge("genrec_model_info", "Model version being served (value 1)", ["version"], registry=r)
+        self.model_swaps = Counter(
+            "genrec_model_swaps", "Published model versions swapped in or refused", ["outcome"], registry=r
+        )  # swapped | refused
+        self.assigned_partitions = Gauge(
+            "genrec_assigned_partitions", "Partitions assigned to this replica", ["topic", "kind"], registry=r
+        )  # kind: active (served here) | standby (a warm copy of another replica's table)
+        self.ready = Gauge("genrec_ready", "1 when the worker serves (model loaded, partitions recovered)", registry=r)
+
+    def set_model_version(self, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
+
+    def add_lag_source(self, lag: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self.registry.register(_LagCollector(lag))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

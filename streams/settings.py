@@ -1,0 +1,163 @@
+"""Worker configuration: one pydantic-settings object (env `GENREC_*`, overridden by CLI flags).
+
+Defaults are tuned for the embedded broker (design.md §6, §6b): one-record changelog batches,
+a short fetch wait, short group timeouts. On Apache Kafka raise `producer_max_batch_size` and the
+timeouts through the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+def default_bootstrap() -> str:
+    return os.environ.get("GENREC_BOOTSTRAP", "127.0.0.1:9092")
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class StreamSettings(BaseSettings):
+    """Everything a worker (or a client of its topics) needs; every bound is configurable."""
+
+    # hide_input_in_errors: a model-level error would otherwise echo every input, the password included.
+    model_config = SettingsConfigDict(
+        env_prefix="GENREC_", extra="ignore", validate_default=True, hide_input_in_errors=True
+    )
+
+    # Where and who.
+    bootstrap: str = "127.0.0.1:9092"
+    app_id: str = Field(default="genrec", min_length=1, description="Faust app id = consumer group")
+    worker_id: str = Field(default_factory=_default_worker_id, min_length=1, max_length=128)
+    role: Literal["infer", "trainer"] = "infer"
+    datadir: Path = Path("genrec-data")
+    checkpoint: Path | None = None
+    # Model versions (issue 4): the directory the trainer publishes into; a ModelVersion's path must lie in it.
+    # Without it an infer worker serves --checkpoint only and does not follow genrec.models.
+    model_store: Path | None = None
+    follow_models: bool = True
+    model_poll_s: float = Field(default=0.5, gt=0, le=60)
+    log_level: str = "info"
+
+    # Topics (design.md §3).
+    events_topic: str = "genrec.events"
+    requests_topic: str = "genrec.requests"
+    results_topic: str = "genrec.results"
+    deadletter_topic: str = "genrec.deadletter"
+    models_topic: str = "genrec.models"
+    # Events, requests and the history table's changelog share this count: co-partitioning by user.
+    partitions: int = Field(default=6, ge=1, le=1024)
+    replication: int = Field(default=1, ge=1, le=16)
+    standby_replicas: int = Field(default=1, ge=0, le=8)
+
+    # Inference batching.
+    max_batch: int = Field(default=64, ge=1, le=4096)
+    max_wait_ms: float = Field(default=10.0, ge=0.0, le=60_000.0)
+    # Requests received but not yet inferred; beyond this the infer agent stops pulling (backpressure).
+    max_pending: int = Field(default=1024, ge=1)
+    inference_timeout_s: float = Field(default=60.0, gt=0)
+    torch_threads: int | None = Field(default=None, ge=1)
+    # The model runs in a child process with a GIL of its own (streams/inference_process.py); off: on a
+    # thread of the worker process, where every torch op waits for the GIL whenever the event loop holds it.
+    inference_process: bool = True
+
+    # Per-user state.
+    history_len: int = Field(default=200, ge=1, le=65_535, description="L: events kept per user")
+    dedup_ids: int = Field(default=64, ge=0, le=65_535, description="recent event ids kept per user")
+    queries_as_requests: bool = True
+    query_k: int = Field(default=10, ge=1, le=1000, description="k for a query event served as a search")
+    query_exclude_seen: bool = True
+    # Events and requests stamped further ahead of this worker's clock are dead-lettered (out_of_bounds).
+    max_ahead_s: float = Field(default=86_400.0, gt=0, description="allowed clock skew of producers, seconds")
+
+    # Faust web.
+    web_port: int = Field(default=6066, ge=0, le=65_535)
+    web_bind: str = "0.0.0.0"
+    web_enabled: bool = True
+
+    # Kafka clients. 64 bytes: every changelog batch holds one record (Tansu end-offset bug, §6).
+    producer_max_batch_size: int = Field(default=64, ge=1)
+    producer_linger_ms: int = Field(default=0, ge=0)
+    # Results, forwards and dead letters go through a second, normally batched producer (§6b).
+    results_max_batch_size: int = Field(default=16_384, ge=1)
+    results_linger_ms: int = Field(default=2, ge=0)
+    fetch_max_wait_ms: int = Field(default=10, ge=0, le=30_000)
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    rebalance_timeout_s: float = Field(default=20.0, gt=0)
+    request_timeout_s: float = Field(default=40.0, gt=0)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    # One RocksDB (with its own cache) per table per partition (§6b): keep partitions × this small.
+    rocksdb_block_cache_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+
+    # Security (from the environment; the password never appears in logs or reprs).
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = Field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> StreamSettings:
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError("heartbeat_interval_s must be below session_timeout_s")
+        if self.session_timeout_s > self.request_timeout_s:
+            raise ValueError("session_timeout_s cannot exceed request_timeout_s (Faust refuses it)")
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"{self.security_protocol} needs GENREC_SASL_USERNAME and GENREC_SASL_PASSWORD")
+        return self
+
+    @classmethod
+    def from_flags(cls, **flags: Any) -> StreamSettings:
+        """Env first, then every flag the user actually gave (None = not given)."""
+        return cls(**{k: v for k, v in flags.items() if v is not None})
+
+    @property
+    def broker_url(self) -> str:
+        return ";".join(f"kafka://{h.strip()}" for h in self.bootstrap.split(",") if h.strip())
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [h.strip() for h in self.bootstrap.split(",") if h.strip()]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.ssl_certfile:
+            ctx.load_cert_chain(str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None)
+        return ctx
+
+    def aiokafka_security(self) -> dict[str, Any]:
+        """Keyword arguments for any aiokafka client talking to the same cluster."""
+        kw: dict[str, Any] = {"security_protocol": self.security_protocol}
+        ctx = self.ssl_context()
+        if ctx is not None:
+            kw["ssl_context"] = ctx
+        if self.security_protocol.startswith("SASL"):
+            assert self.sasl_password is not None
+            kw.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password.get_secret_value(),
+            )
+        return kw
+
+    def safe_dump(self) -> dict[str, Any]:
+        """For logs: every setting except secrets."""
+        d = self.model_dump(mode="json", exclude={"sasl_password"})
+        d["sasl_password"] = "***" if self.sasl_password else None
+        return d

@@ -1,0 +1,417 @@
+"""The trainer role (design.md §5; `genrec worker --role trainer`, one replica).
+
+    genrec.events  ──▶ trainer_history (RocksDB, changelog) ──▶ example: history + event + last served list
+    genrec.results ──▶ trainer_served  (the user's last served list: its non-clicked items are impressions)
+    examples ──▶ OnlineLearner (model/online.py) on a training thread: bounded rounds, held-back gate
+         └──▶ accepted candidate ──▶ model store (versions/<v>, atomic, sha256) ──▶ ModelVersion on genrec.models
+    genrec.models (global table) ──▶ a promote/rollback published by someone else: learn on from that version
+
+The trainer is its own consumer group (`<app_id>-trainer`), so it reads every partition of the events and
+results and never takes partitions from the infer replicas. Its weights, optimizer, weighter and step counter
+are saved to the store after every round and restored on start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from faust.types import EventT, StreamT
+from mode import Service
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.checkpoint import load_checkpoint, resolve_in_store
+from model.config import TrainConfig
+from model.online import OnlineConfig, OnlineLearner, make_example
+from model.store import ModelStore
+from model.tokens import History, action_from_event
+from schemas.messages import Event, EventType, ModelVersion, RecResult, decode
+from streams import history_codec
+from streams.app import KafkaOutput
+from streams.metrics import CONTENT_TYPE
+from streams.models import MODEL_KEY, ModelsTopicTable, publish_version, version_message
+from streams.settings import StreamSettings
+from streams.transport import GenrecFaustApp
+
+log = logging.getLogger(__name__)
+
+MAX_SERVED = 200  # items of a served list remembered per user
+
+
+class TrainerSettings(BaseSettings):
+    """`GENREC_TRAINER_*`; the online learning bounds as `GENREC_TRAINER_ONLINE__LR=…` etc."""
+
+    model_config = SettingsConfigDict(env_prefix="GENREC_TRAINER_", env_nested_delimiter="__", extra="ignore")
+
+    online: OnlineConfig = OnlineConfig()
+    # Events before this time (event ts, ms) only build histories: the starting model already learned them.
+    learn_from_ts_ms: int = 0
+    poll_s: float = 0.2
+    torch_threads: int = 1
+
+
+class TrainerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.events = Counter("genrec_trainer_events", "Events consumed, by outcome", ["outcome"], registry=r)
+        self.results = Counter("genrec_trainer_results", "Served lists consumed", registry=r)
+        self.examples = Counter("genrec_trainer_examples", "Examples built, by use", ["use"], registry=r)
+        self.steps = Counter("genrec_trainer_steps", "Optimizer steps", registry=r)
+        self.rows = Counter("genrec_trainer_rows", "Example rows trained on (replay included)", registry=r)
+        self.train_seconds = Counter("genrec_trainer_train_seconds", "Seconds spent in training rounds", registry=r)
+        self.rounds = Counter("genrec_trainer_rounds", "Training rounds, by outcome", ["outcome"], registry=r)
+        self.loss = Gauge("genrec_trainer_loss", "Last step's loss, by part", ["part"], registry=r)
+        self.weight = Gauge("genrec_trainer_task_weight", "Adaptive weighter's weights", ["task"], registry=r)
+        self.delay = Histogram("genrec_trainer_event_to_publish_seconds",
+                               "Event (Kafka timestamp) → a published model that learned from it", registry=r,
+                               buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800))
+        self.model_info = Gauge("genrec_trainer_model_info", "Version the trainer's reference serves", ["version"],
+                                registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class GenrecTrainer:
+    def __init__(self, settings: StreamSettings, trainer_settings: TrainerSettings | None = None) -> None:
+        s = self.settings = settings
+        self.tsettings = trainer_settings or TrainerSettings()
+        if s.checkpoint is None or s.model_store is None:
+            raise ValueError("the trainer needs --checkpoint (the starting model) and --model-store")
+        self.store = ModelStore(s.model_store)
+        self.metrics = TrainerMetrics()
+        self.codec = history_codec.HistoryCodec(s.history_len, s.dedup_ids)
+        self.learner: OnlineLearner | None = None
+        self.dataset = "online"
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-train",
+                                            initializer=self._init_thread)
+        self.app = app = GenrecFaustApp(
+            f"{s.app_id}-trainer",
+            broker=s.broker_url,
+            store="rocksdb://",
+            datadir=str(s.datadir),
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication,
+            producer_max_batch_size=s.producer_max_batch_size,
+            producer_acks=-1,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=s.heartbeat_interval_s,
+            broker_rebalance_timeout=s.rebalance_timeout_s,
+            broker_request_timeout=s.request_timeout_s,
+            broker_commit_interval=s.commit_interval_s,
+            stream_recovery_delay=0.0,
+            consumer_auto_offset_reset="earliest",
+            table_standby_replicas=0,
+            web_enabled=s.web_enabled,
+            web_port=s.web_port,
+            web_bind=s.web_bind,
+            web_host="127.0.0.1" if s.web_bind in ("0.0.0.0", "127.0.0.1") else s.web_bind,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+        )
+        self.output = KafkaOutput(s.model_copy(update={"results_max_batch_size": s.producer_max_batch_size}))
+        app.first_services.append(self.output)
+        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+                               "value_serializer": "raw", "partitions": s.partitions}
+        self.events_topic = app.topic(s.events_topic, **raw)
+        self.results_topic = app.topic(s.results_topic, **raw)
+        opts = {"driver": "rocksdict", "block_cache_size": s.rocksdb_block_cache_bytes}
+        self.history = app.Table("trainer_history", default=None, key_type=bytes, value_type=bytes,
+                                 partitions=s.partitions, options=opts)
+        self.served = app.Table("trainer_served", default=None, key_type=bytes, value_type=bytes,
+                                partitions=s.partitions, options=opts)
+        self.models = ModelsTopicTable(s)
+        # Children stop in reverse order: the training loop stops (and saves) before the producer it publishes with.
+        self.loop = _TrainLoop(self)
+        app.first_services.extend([self.models, self.loop])
+        app.agent(self.events_topic, name="genrec.trainer.events")(self._events_agent)
+        app.agent(self.results_topic, name="genrec.trainer.results")(self._results_agent)
+        self._published: set[str] = set()
+        self._ready = False
+
+        self._pages()
+
+    def _init_thread(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.tsettings.torch_threads)
+
+    # ---------------------------------------------------------------- learner
+
+    def _build_learner(self) -> OnlineLearner:
+        """From the saved trainer state if there is one, else from --checkpoint (also stored as a version)."""
+        s = self.settings
+        assert s.checkpoint is not None
+        base = load_checkpoint(s.checkpoint)
+        self.dataset = str(base.meta.get("dataset", "online"))
+        self._extra_meta = {k: base.meta[k] for k in ("item_popularity", "text_encoder") if k in base.meta}
+        try:
+            self.store.info(base.version)
+        except Exception:
+            self.store.save_version(base.model, base.item_ids, version=base.version, parent=base.meta.get("parent"),
+                                    dataset=self.dataset, metrics={}, extra_meta=self._extra_meta)
+        tcfg = TrainConfig(**base.meta.get("train", {})) if base.meta.get("train") else TrainConfig()
+        learner = OnlineLearner(base.model, base.item_ids, tcfg, self.tsettings.online)
+        learner.state.serving_version = base.version
+        saved = self.store.load_trainer_state()
+        if saved is not None:
+            weights_dir, state, opt = saved
+            trained = load_checkpoint(weights_dir)
+            if trained.item_ids != base.item_ids:
+                raise ValueError("the saved trainer state has another item vocabulary than --checkpoint")
+            learner.model.load_state_dict(trained.model.state_dict())
+            learner.load_state_dict(state)
+            learner.load_optimizer_tensors(*opt)
+            serving = state.get("serving_version")
+            if serving:
+                learner.serving.load_state_dict(load_checkpoint(self.store.path_of(serving)).model.state_dict())
+            log.info("trainer resumed at step %d (serving %s)", learner.trainer.state.step, serving)
+        learner.model.train()
+        self.index = {raw: i + 1 for i, raw in enumerate(base.item_ids)}
+        return learner
+
+    async def _start_learner(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.learner = await loop.run_in_executor(self._executor, self._build_learner)
+        self.metrics.model_info.labels(version=str(self.learner.state.serving_version)).set(1)
+        self._ready = True
+
+    async def _maybe_round(self) -> None:
+        learner = self.learner
+        if learner is None:
+            return
+        raw = self.models.get(MODEL_KEY)
+        if raw is not None:
+            await self._maybe_follow(raw)
+        if not learner.ready():
+            return
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(self._executor, self._round)
+        if outcome is not None:
+            msg, delays = outcome
+            await publish_version(self.output.producer, self.settings.models_topic, msg)
+            now = time.time()
+            for ts_ms in delays:
+                self.metrics.delay.observe(max(0.0, now - ts_ms / 1000.0))
+            self.metrics.model_info.clear()
+            self.metrics.model_info.labels(version=msg.version).set(1)
+            nan = float("nan")
+            log.info("published %s (holdout ndcg@10 %.4f vs %.4f)", msg.version,
+                     msg.metrics.get("candidate_ndcg@10", nan), msg.metrics.get("serving_ndcg@10", nan))
+
+    async def _maybe_follow(self, raw: bytes) -> None:
+        """A version published by someone else (promote, rollback) becomes the trainer's starting point."""
+        learner = self.learner
+        assert learner is not None
+        try:
+            msg: ModelVersion = decode(ModelVersion, raw)
+        except ValueError:
+            return
+        if msg.version == learner.state.serving_version or msg.version in self._published:
+            return
+
+        def load() -> None:
+            assert self.settings.model_store is not None
+            ckpt = load_checkpoint(resolve_in_store(self.settings.model_store, msg.path), expected_sha256=msg.sha256)
+            with learner.lock:
+                learner.follow(ckpt.model.state_dict(), msg.version)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, load)
+            self._published.add(msg.version)
+            log.info("trainer follows %s (%s)", msg.version, msg.kind)
+        except Exception as exc:
+            self._published.add(msg.version)  # not retried
+            log.error("trainer cannot follow %s: %s", msg.version, exc)
+
+    def save_state(self) -> None:
+        learner = self.learner
+        if learner is not None:
+            self.store.save_trainer_state(learner.model, learner.item_ids, self.dataset, learner.state_dict(),
+                                          learner.optimizer_tensors())
+
+    async def stop_training(self) -> None:
+        """Graceful stop: the running round finishes (same thread), then the state is saved once more."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.save_state)
+        self._executor.shutdown(wait=True)
+
+    def _round(self) -> tuple[ModelVersion, list[int]] | None:
+        """One training round, the gate, and (accepted) a new stored version; runs on the training thread."""
+        learner = self.learner
+        assert learner is not None
+        m = self.metrics
+        rr = learner.train_round()
+        m.steps.inc(rr.steps)
+        m.rows.inc(rr.examples)
+        m.train_seconds.inc(rr.seconds)
+        if rr.losses:
+            for k, v in rr.losses[-1].items():
+                if k.startswith("loss"):
+                    m.loss.labels(part=k).set(v)
+        w = learner.trainer.state.weighter
+        if w is not None:
+            m.weight.labels(task="retrieval").set(w.weights[0])
+            m.weight.labels(task="ranking").set(w.weights[1])
+        out: tuple[ModelVersion, list[int]] | None = None
+        if not rr.finite:
+            m.rounds.labels(outcome="non_finite").inc()
+            learner.reject()
+        else:
+            gate = learner.gate()
+            if gate.accepted:
+                parent = learner.state.serving_version
+                version = f"{self.dataset}-online-s{learner.trainer.state.step:07d}"
+                if (self.store.versions_dir / version).exists():
+                    version += f"-{int(time.time())}"
+                delays = list(learner.state.pending_event_ts_ms)
+                now_ms = time.time() * 1000
+                metrics = {
+                    "candidate_ndcg@10": gate.candidate["ndcg@10"], "serving_ndcg@10": gate.serving["ndcg@10"],
+                    "candidate_hr@10": gate.candidate["hr@10"], "serving_hr@10": gate.serving["hr@10"],
+                    "holdout_n": float(gate.n_holdout), "step": float(learner.trainer.state.step),
+                    "examples": float(learner.state.examples),
+                    "loss": float(np.mean([x["loss"] for x in rr.losses])) if rr.losses else math.nan,
+                    "delay_s_mean": float(np.mean([now_ms - t for t in delays]) / 1000) if delays else 0.0,
+                    "delay_s_max": float(max(now_ms - t for t in delays) / 1000) if delays else 0.0,
+                }
+                info = self.store.save_version(learner.model, learner.item_ids, version=version, parent=parent,
+                                               dataset=self.dataset, metrics=metrics, extra_meta=self._extra_meta)
+                learner.accept(version)
+                self._published.add(version)
+                out = (version_message(info), delays)
+                m.rounds.labels(outcome="published").inc()
+            else:
+                m.rounds.labels(outcome="rejected" if gate.candidate else "no_holdout").inc()
+                if gate.candidate:
+                    learner.reject()
+                    log.info("candidate refused: %s (%s vs %s)", gate.reason, gate.candidate, gate.serving)
+        self.save_state()
+        return out
+
+    # ---------------------------------------------------------------- agents
+
+    async def _events_agent(self, stream: StreamT) -> None:
+        async for event in stream.events():
+            self._on_event(event)
+
+    def _on_event(self, event: EventT) -> None:
+        m = event.message
+        try:
+            ev: Event = decode(Event, m.value)
+        except ValueError:
+            self.metrics.events.labels(outcome="invalid").inc()  # the infer replicas dead-letter it
+            return
+        key = ev.user_id.encode("utf-8")
+        if m.key != key:
+            self.metrics.events.labels(outcome="wrong_key").inc()  # ingest re-publishes it under the user id
+            return
+        current = self.history.get(key)
+        if self.codec.seen(current, ev.event_id):
+            self.metrics.events.labels(outcome="duplicate").inc()
+            return
+        if ev.type is EventType.QUERY:
+            new = self.codec.append(current, event_id=ev.event_id, item_id=None, action=0, ts_ms=ev.ts)
+            if new is not None:
+                self.history[key] = new
+            return
+        assert ev.item_id is not None
+        action = int(action_from_event(ev.type.value, ev.value))
+        learner = self.learner
+        idx = self.index.get(ev.item_id, 0) if learner is not None else 0
+        if learner is not None and idx and ev.ts >= self.tsettings.learn_from_ts_ms:
+            raw = history_codec.decode(current)
+            keep = [(self.index.get(i, 0), a, t) for i, a, t in zip(raw.item_ids, raw.actions.tolist(),
+                                                                     raw.ts_ms.tolist(), strict=True)]
+            keep = [x for x in keep if x[0] > 0]
+            hist = History(np.asarray([x[0] for x in keep], np.int32), np.asarray([x[1] for x in keep], np.int8),
+                           np.asarray([x[2] for x in keep], np.int64))
+            served = self.served.get(key)
+            shown = [self.index.get(i, 0) for i in json.loads(served)] if served else []
+            ts_ms = int(m.timestamp * 1000) if getattr(m, "timestamp", None) else int(time.time() * 1000)
+            ex = make_example(hist, idx, action, ev.ts, shown, ev.event_id, ts_ms, learner.model.cfg.max_events,
+                              learner.cfg.max_impressions)
+            held = learner.add(ex)
+            self.metrics.examples.labels(use="holdout" if held else "train").inc()
+            if served:
+                self.served[key] = b"[]"  # a served list counts as impressions once
+        new = self.codec.append(current, event_id=ev.event_id, item_id=ev.item_id, action=action, ts_ms=ev.ts)
+        if new is not None:
+            self.history[key] = new
+        self.metrics.events.labels(outcome="appended").inc()
+
+    async def _results_agent(self, stream: StreamT) -> None:
+        async for event in stream.events():
+            m = event.message
+            try:
+                res: RecResult = decode(RecResult, m.value)
+            except ValueError:
+                continue
+            key = res.user_id.encode("utf-8")
+            if m.key != key:
+                continue
+            self.served[key] = json.dumps([i.item_id for i in res.items[:MAX_SERVED]]).encode()
+            self.metrics.results.inc()
+
+    # ---------------------------------------------------------------- web
+
+    def _pages(self) -> None:
+        app = self.app
+        trainer = self
+
+        @app.page("/health")
+        async def health(self: Any, request: Any) -> Any:
+            return self.json({"status": "ok", "role": "trainer"})
+
+        @app.page("/ready")
+        async def ready(self: Any, request: Any) -> Any:
+            rec = app.tables.recovery
+            ok = trainer._ready and recovery_done(rec) and not app.rebalancing
+            state = {"ready": ok, "learner": trainer._ready,
+                     "step": trainer.learner.trainer.state.step if trainer.learner else None,
+                     "serving_version": trainer.learner.state.serving_version if trainer.learner else None,
+                     "unseen": trainer.learner.unseen if trainer.learner else 0, "busy": trainer.loop.busy}
+            return self.json(state, status=200 if ok else 503)
+
+        @app.page("/metrics")
+        async def metrics(self: Any, request: Any) -> Any:
+            return self.bytes(trainer.metrics.render(), content_type=CONTENT_TYPE)
+
+
+class _TrainLoop(Service):
+    """Builds the learner before the agents consume, runs rounds, and on stop lets the running round (and its
+    publish) finish before the state is saved for the last time."""
+
+    def __init__(self, trainer: GenrecTrainer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.trainer = trainer
+        self.busy = False
+
+    async def on_start(self) -> None:
+        await self.trainer._start_learner()
+
+    @Service.task
+    async def _run_rounds(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.trainer.tsettings.poll_s)
+            if self.should_stop:
+                break
+            self.busy = True
+            try:
+                await self.trainer._maybe_round()
+            finally:
+                self.busy = False
+
+    async def on_stop(self) -> None:
+        while self.busy:
+            await asyncio.sleep(0.05)
+        await self.trainer.stop_training()
+
+
+def recovery_done(recovery: Any) -> bool:
+    return bool(recovery.completed.is_set()) and not recovery.in_recovery

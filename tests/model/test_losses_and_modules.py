@@ -1,0 +1,115 @@
+"""Losses, the ranking-driven enhancer and the adaptive weighter on hand-made inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.config import WeighterConfig
+from model.enhancer import select_targets
+from model.losses import info_nce, log_sampling_prob, ranking_loss, sample_negatives
+from model.weighting import AdaptiveWeighter
+
+
+def test_enhancer_picks_exactly_the_expected_hard_negatives_and_soft_positives() -> None:
+    cand = torch.tensor([[11, 12, 13, 14, 15, 16]])  # retrieval order: 11 best
+    ret = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]])
+    prob = torch.tensor([[0.95, 0.10, 0.30, 0.10, 0.60, 0.05]])
+    positive = torch.tensor([16])  # the true next item is never a negative, however low the ranker scores it
+    sel = select_targets(cand, ret, prob, positive, m=3, hard_max_prob=0.5, alpha=0.9)
+    # lowest ranking prob first; the 0.10 tie goes to the higher retrieval score (12 before 14)
+    assert sel.hard_negatives.tolist() == [[12, 14, 13]]
+    assert sel.soft_positives.tolist() == [[11, 0, 0, 0, 0, 0]]
+    assert math.isclose(float(sel.soft_weights[0, 0]), 0.95, rel_tol=1e-6)
+
+
+def test_enhancer_pads_with_zero_when_too_few_qualify() -> None:
+    cand = torch.tensor([[1, 2, 3]])
+    sel = select_targets(
+        cand,
+        torch.tensor([[3.0, 2.0, 1.0]]),
+        torch.tensor([[0.9, 0.2, 0.8]]),
+        torch.tensor([7]),
+        m=4,
+        hard_max_prob=0.5,
+        alpha=0.99,
+    )
+    assert sel.hard_negatives.tolist() == [[2, 0, 0, 0]]
+    assert int(sel.soft_positives.count_nonzero()) == 0
+
+
+def test_weighter_moves_weight_toward_the_slower_descending_loss() -> None:
+    w = AdaptiveWeighter(WeighterConfig(mode="adaptive", every=1, ema=0.0))
+    for t in range(1, 30):
+        fast = 2.0 * 0.8**t  # task 0 falls fast
+        slow = 1.0 * 0.99**t  # task 1 barely moves
+        w.observe([fast, slow])
+        if w.due():
+            w.update([1.0, 1.0])  # equal gradient norms: only the training rates differ
+    assert w.weights[1] > w.weights[0]
+    assert math.isclose(sum(w.weights), 2.0, rel_tol=1e-9)
+
+
+def test_weighter_balances_gradient_norms_when_rates_are_equal() -> None:
+    w = AdaptiveWeighter(WeighterConfig(mode="adaptive", every=1, ema=0.0, step=0.5, min_weight=0.01,
+                                        grad_reference="absolute"))
+    for t in range(1, 60):
+        w.observe([0.9**t, 0.9**t])
+        w.update([4.0, 1.0])  # task 0 has 4x the gradient: its weight must fall toward 1/4 of task 1's
+    assert w.weights[0] < w.weights[1]
+    assert math.isclose(w.weights[0] * 4.0, w.weights[1] * 1.0, rel_tol=0.05)
+
+
+def test_weighter_relative_to_initial_norms_ignores_a_constant_scale_gap() -> None:
+    w = AdaptiveWeighter(WeighterConfig(mode="adaptive", every=1, ema=0.0, step=0.5))
+    for t in range(1, 60):
+        w.observe([0.9**t, 0.9**t])
+        w.update([4.0 * 0.95**t, 0.95**t])  # 4x the gradient throughout, equal rates: nothing to correct
+    assert w.weights == pytest.approx([1.0, 1.0], rel=1e-6)
+    for t in range(60, 120):
+        w.observe([0.9**60, 0.9**t])  # task 0 stalls from here on
+        w.update([4.0 * 0.95**60, 0.95**60])
+    assert w.weights[0] > w.weights[1]
+
+
+def test_static_weighter_never_moves() -> None:
+    w = AdaptiveWeighter(WeighterConfig(mode="static", static_weights=(1.0, 0.5), every=1))
+    w.observe([1.0, 1.0])
+    w.observe([0.1, 1.0])
+    assert not w.due()
+    assert w.update([1.0, 9.0]) == [1.0, 0.5]
+
+
+def test_log_q_correction_is_exact_for_the_mixture() -> None:
+    targets = torch.tensor([1, 1, 1, 2])  # item 1 is 3/4 of the batch
+    lq = log_sampling_prob(torch.tensor([1, 2, 3]), targets, num_items=10, n_uniform=5, n_inbatch=8)
+    expected = torch.log(torch.tensor([5 / 10 + 8 * 3 / 4, 5 / 10 + 8 * 1 / 4, 5 / 10]))
+    assert torch.allclose(lq, expected)
+
+
+def test_info_nce_masks_accidental_hits_and_prefers_the_positive() -> None:
+    torch.manual_seed(0)
+    table = torch.nn.functional.normalize(torch.randn(11, 8), dim=-1)
+    pos = torch.tensor([3, 4])
+    user = table[pos]  # user states equal to their positives: a perfect model
+    ids, lq = sample_negatives(pos, 10, 20, 4)
+    loss_good, logits = info_nce(user, table[pos], torch.zeros(2), pos, table[ids], lq, ids, tau=0.05)
+    hit = ids[None, :] == pos[:, None]
+    assert torch.isinf(logits[:, 1:][hit]).all()  # the positive never counts as its own negative
+    loss_bad, _ = info_nce(-user, table[pos], torch.zeros(2), pos, table[ids], lq, ids, tau=0.05)
+    assert loss_good < loss_bad
+
+
+def test_ranking_loss_pairs_stay_within_a_user() -> None:
+    logits = torch.tensor([[2.0, -2.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([[1, 0, -1], [1, -1, -1]])  # user 2 has no negative: no BPR pair for it
+    loss = ranking_loss(logits, labels, bpr_weight=1.0)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor([2.0, -2.0, 0.0]), torch.tensor([1.0, 0.0, 1.0])
+    )
+    bpr = -torch.nn.functional.logsigmoid(torch.tensor(4.0))
+    assert torch.isclose(loss, bce + bpr)
+    loss.backward()
+    assert logits.grad is not None and logits.grad[0, 2] == 0  # unlabelled position gets no gradient

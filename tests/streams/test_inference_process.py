@@ -1,0 +1,94 @@
+"""The inference child process: same answers as the model in-process, refuses bad checkpoints at start, and a
+child that dies makes the worker restart instead of dead-lettering the batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from model.checkpoint import WEIGHTS
+from model.serving import Recommender
+from schemas.messages import RecRequest
+from streams import history_codec
+from streams.inference_process import ChildError, InferenceProcessError, ProcessInferenceRunner
+from streams.serving import InferenceInput, InferenceRunner
+
+TS = 1_700_000_000_000
+
+
+def _inputs(item_ids: list[str]) -> list[InferenceInput]:
+    codec = history_codec.HistoryCodec(200, 16)
+    out = []
+    for u in range(6):
+        buf = None
+        for i, item in enumerate(item_ids[u * 7 : u * 7 + 5 + u]):
+            buf = codec.append(buf, event_id=f"e{u}-{i}", item_id=item, action=1 + i % 2, ts_ms=TS + 60_000 * i)
+        req = RecRequest(request_id=f"r{u}", user_id=f"u{u}", ts=TS + 3_600_000, k=3 + u, exclude_seen=u % 2 == 0)
+        out.append(InferenceInput(req, buf))
+    out.append(InferenceInput(RecRequest(request_id="cold", user_id="new", ts=TS, k=5), None))  # no history
+    return out
+
+
+async def test_same_lists_and_scores_as_the_model_in_process(checkpoint: Path) -> None:
+    rec = Recommender.from_checkpoint(checkpoint)
+    inputs = _inputs(rec.item_ids)
+    local = InferenceRunner(rec, torch_threads=1)
+    child = ProcessInferenceRunner(checkpoint, torch_threads=1)
+    try:
+        assert child.version == rec.version and child.max_events == rec.max_events
+        assert child.pid is not None and child.pid != os.getpid()
+        want, _ = await local.infer(inputs)
+        got, _ = await child.infer(inputs)
+        assert child.last_version == rec.version
+        for w, g in zip(want, got, strict=True):
+            assert not isinstance(g, Exception), g
+            assert [(r.item_id, r.rank) for r in g] == [(r.item_id, r.rank) for r in w]
+            assert [r.score for r in g] == pytest.approx([r.score for r in w], abs=1e-6)
+            assert [r.retrieval_score for r in g] == pytest.approx([r.retrieval_score for r in w], abs=1e-6)
+    finally:
+        local.close()
+        child.close()
+    assert not child._proc.is_alive()
+
+
+def test_a_damaged_checkpoint_is_refused_at_start_with_the_reason(checkpoint: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoint, bad)
+    raw = bytearray((bad / WEIGHTS).read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (bad / WEIGHTS).write_bytes(bytes(raw))
+    with pytest.raises(ChildError, match="CheckpointError"):
+        ProcessInferenceRunner(bad, torch_threads=1)
+
+
+async def test_signals_to_the_child_are_ignored_and_its_death_restarts_the_worker(checkpoint: Path) -> None:
+    rec = Recommender.from_checkpoint(checkpoint)
+    inputs = _inputs(rec.item_ids)
+    child = ProcessInferenceRunner(checkpoint, torch_threads=1)
+    try:
+        pid = child.pid
+        assert pid is not None
+        # A SIGTERM to the whole process group (an operator's Ctrl-C): the parent decides when its child stops.
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)
+        ok, _ = await child.infer(inputs)
+        assert all(not isinstance(x, Exception) for x in ok)
+        os.kill(pid, signal.SIGKILL)
+        child._proc.join(10)
+        # Not one dead letter per request: the whole batch fails, so the worker crashes and is redelivered it.
+        with pytest.raises(InferenceProcessError, match="exited"):
+            await child.infer(inputs)
+    finally:
+        child.close()
+
+
+def test_a_child_that_does_not_answer_in_time_is_killed_not_read_later(checkpoint: Path) -> None:
+    # Importing torch alone takes the child longer than this: its late answer must never be taken for another's.
+    with pytest.raises(InferenceProcessError, match="killed"):
+        ProcessInferenceRunner(checkpoint, torch_threads=1, start_timeout_s=0.01)

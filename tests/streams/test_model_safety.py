@@ -1,0 +1,160 @@
+"""Model safety: a corrupted, truncated or sha-mismatched checkpoint is refused with a clear error, and a
+serving runner that is asked to swap to it keeps serving its current model, unchanged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from model.checkpoint import WEIGHTS, CheckpointError, load_checkpoint, resolve_in_store, save_checkpoint, sha256_file
+from model.config import ModelConfig
+from model.generative import GenerativeRecommender
+from model.serving import Recommender
+from schemas.messages import RecRequest
+from streams import history_codec
+from streams.serving import InferenceInput, InferenceRunner
+
+N_ITEMS = 40
+TS = 1_700_000_000_000
+
+
+def _save(path: Path, seed: int, version: str) -> Path:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(num_items=N_ITEMS, d_model=16, n_layers=1, n_heads=2, dropout=0.0, max_events=20)
+    model = GenerativeRecommender(cfg).eval()
+    return save_checkpoint(path, model, [f"i{i}" for i in range(1, N_ITEMS + 1)], dataset="test", version=version)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    _save(root / "good-a", 0, "good-a")
+    _save(root / "good-b", 1, "good-b")
+    return root
+
+
+def _damage(src: Path, dst: Path, how: str) -> Path:
+    shutil.copytree(src, dst)
+    w = dst / WEIGHTS
+    raw = bytearray(w.read_bytes())
+    cfg_path = dst / "config.json"
+    meta = json.loads(cfg_path.read_text())
+    if how == "flipped byte":
+        raw[len(raw) // 2] ^= 0x01
+        w.write_bytes(bytes(raw))
+    elif how == "truncated, hash updated":
+        w.write_bytes(bytes(raw[: len(raw) // 3]))
+        meta["sha256"] = sha256_file(w)
+    elif how == "empty weights":
+        w.write_bytes(b"")
+    elif how == "weights missing":
+        w.unlink()
+    elif how == "config not json":
+        cfg_path.write_text("{oops")
+    elif how == "no recorded hash":
+        meta.pop("sha256")
+    elif how == "items do not fit":
+        (dst / "items.json").write_text(json.dumps(["x"]))
+    elif how == "other architecture":
+        meta["model"]["d_model"] = 32
+    elif how == "NaN weights, hash updated":
+        tensors = {k: v.clone() for k, v in load_checkpoint(src).model.state_dict().items()}
+        first = next(k for k, t in tensors.items() if t.is_floating_point())
+        tensors[first].view(-1)[0] = float("nan")
+        save_file(tensors, str(w))
+        meta["sha256"] = sha256_file(w)
+    else:
+        raise AssertionError(how)
+    if cfg_path.read_text() != "{oops":
+        cfg_path.write_text(json.dumps(meta))
+    return dst
+
+
+DAMAGES = {
+    "flipped byte": "sha256",
+    "truncated, hash updated": "cannot load",
+    "empty weights": "sha256",
+    "weights missing": "missing",
+    "config not json": "not valid JSON",
+    "no recorded hash": "no sha256",
+    "items do not fit": "item ids",
+    "other architecture": "do not fit",
+    "NaN weights, hash updated": "non-finite",
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGES))
+def test_a_damaged_checkpoint_is_refused_with_a_clear_error(store: Path, tmp_path: Path, how: str) -> None:
+    bad = _damage(store / "good-a", tmp_path / "bad", how)
+    with pytest.raises(CheckpointError, match=DAMAGES[how]):
+        load_checkpoint(bad)
+
+
+def test_an_expected_hash_from_the_models_topic_must_match(store: Path) -> None:
+    good = store / "good-a"
+    load_checkpoint(good, expected_sha256=sha256_file(good / WEIGHTS))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(good, expected_sha256="0" * 64)
+
+
+def _inputs() -> list[InferenceInput]:
+    codec = history_codec.HistoryCodec(50, 8)
+    buf = None
+    for i, item in enumerate(["i3", "i7", "i9"]):
+        buf = codec.append(buf, event_id=f"e{i}", item_id=item, action=1, ts_ms=TS + i)
+    reqs = [RecRequest(request_id="r1", user_id="u", ts=TS + 100, k=5), RecRequest(request_id="r2", user_id="v", ts=TS)]
+    return [InferenceInput(reqs[0], buf), InferenceInput(reqs[1], None)]
+
+
+def _served(lists: list) -> list[list[str]]:
+    assert not any(isinstance(x, Exception) for x in lists), lists
+    return [[r.item_id for r in out] for out in lists]
+
+
+@pytest.mark.parametrize("where", ["thread", "process"])
+async def test_the_current_model_keeps_serving_when_a_swap_is_refused(store: Path, tmp_path: Path, where: str) -> None:
+    if where == "process":
+        from streams.inference_process import ProcessInferenceRunner
+
+        runner: InferenceRunner = ProcessInferenceRunner(store / "good-a", torch_threads=1)
+    else:
+        runner = InferenceRunner(Recommender.from_checkpoint(store / "good-a"), torch_threads=1)
+    try:
+        before, _ = await runner.infer(_inputs())
+        for i, how in enumerate(DAMAGES):
+            bad = _damage(store / "good-a", tmp_path / f"bad{i}", how)
+
+            def loader(p: Path = bad) -> Recommender:
+                return Recommender.from_checkpoint(p)
+
+            with pytest.raises(CheckpointError):
+                await runner.swap(loader)
+            assert runner.version == "good-a"
+            after, _ = await runner.infer(_inputs())
+            assert _served(after) == _served(before)
+
+        # A good checkpoint is taken, and serves from the next batch on.
+        load_b: Callable[[], Recommender] = lambda: Recommender.from_checkpoint(store / "good-b")  # noqa: E731
+        await runner.swap(load_b)
+        assert runner.version == "good-b"
+        swapped, _ = await runner.infer(_inputs())
+        assert _served(swapped) != _served(before)  # different weights, different lists
+    finally:
+        runner.close()
+
+
+def test_model_paths_from_messages_stay_inside_the_model_store(store: Path, tmp_path: Path) -> None:
+    assert resolve_in_store(store, "good-a") == (store / "good-a").resolve()
+    assert resolve_in_store(store, store / "good-b") == (store / "good-b").resolve()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (store / "escape").symlink_to(outside)
+    for path in ["../elsewhere", "good-a/../../elsewhere", "/etc", str(outside), "escape", ".", ""]:
+        with pytest.raises(CheckpointError):
+            resolve_in_store(store, path)

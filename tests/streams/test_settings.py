@@ -1,0 +1,76 @@
+"""Settings: env prefix, flag precedence, validation, secrets never dumped."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from streams.settings import StreamSettings
+
+
+def test_defaults_follow_the_design(monkeypatch):
+    for k in list(__import__("os").environ):
+        if k.startswith("GENREC_"):
+            monkeypatch.delenv(k)
+    s = StreamSettings()
+    assert (s.events_topic, s.requests_topic, s.results_topic, s.deadletter_topic, s.models_topic) == (
+        "genrec.events",
+        "genrec.requests",
+        "genrec.results",
+        "genrec.deadletter",
+        "genrec.models",
+    )
+    assert s.bootstrap == "127.0.0.1:9092"
+    assert s.history_len == 200
+    assert s.producer_max_batch_size == 64  # one-record changelog batches on the embedded broker
+    assert s.fetch_max_wait_ms <= 50
+
+
+def test_env_then_flags(monkeypatch):
+    monkeypatch.setenv("GENREC_BOOTSTRAP", "10.0.0.1:9093")
+    monkeypatch.setenv("GENREC_MAX_BATCH", "32")
+    monkeypatch.setenv("GENREC_RESULTS_TOPIC", "custom.results")
+    s = StreamSettings.from_flags(max_batch=8, max_wait_ms=None, web_port=7000)
+    assert s.bootstrap == "10.0.0.1:9093"
+    assert s.results_topic == "custom.results"
+    assert s.max_batch == 8  # a flag given beats the env
+    assert s.max_wait_ms == 10.0  # a flag not given (None) leaves the default
+    assert s.web_port == 7000
+    assert s.broker_url == "kafka://10.0.0.1:9093"
+
+
+def test_multiple_bootstrap_servers():
+    s = StreamSettings(bootstrap="a:1, b:2")
+    assert s.bootstrap_servers == ["a:1", "b:2"]
+    assert s.broker_url == "kafka://a:1;kafka://b:2"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_batch": 0},
+        {"max_wait_ms": -1},
+        {"history_len": 0},
+        {"partitions": 0},
+        {"heartbeat_interval_s": 10, "session_timeout_s": 5},
+        {"session_timeout_s": 50, "request_timeout_s": 40},
+        {"security_protocol": "SASL_PLAINTEXT"},  # no credentials
+        {"security_protocol": "BOGUS"},
+    ],
+)
+def test_invalid(bad):
+    with pytest.raises(ValidationError):
+        StreamSettings(**bad)
+
+
+def test_sasl_password_never_leaks(monkeypatch):
+    monkeypatch.setenv("GENREC_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("GENREC_SASL_MECHANISM", "SCRAM-SHA-256")
+    monkeypatch.setenv("GENREC_SASL_USERNAME", "svc")
+    monkeypatch.setenv("GENREC_SASL_PASSWORD", "hunter2-secret")
+    s = StreamSettings()
+    assert "hunter2-secret" not in repr(s)
+    assert "hunter2-secret" not in str(s.safe_dump())
+    kw = s.aiokafka_security()
+    assert kw["sasl_plain_password"] == "hunter2-secret"
+    assert kw["sasl_mechanism"] == "SCRAM-SHA-256" and kw["security_protocol"] == "SASL_PLAINTEXT"
