@@ -137,6 +137,18 @@ def test_searches_and_recommendations_share_a_batch_with_the_results_they_get_al
     together = rec.recommend(hists, k=10, queries=queries, now_ms=now)
     for b in range(len(users)):
         alone = rec.recommend([hists[b]], k=10, queries=[queries[b]], now_ms=[now[b]])[0]
-        assert [r.item_id for r in together[b]] == [r.item_id for r in alone], (b, queries[b])
         np.testing.assert_allclose([r.score for r in together[b]], [r.score for r in alone], rtol=1e-4, atol=1e-5)
+        assert _tie_groups(together[b]) == _tie_groups(alone), (b, queries[b])
+
+
+def _tie_groups(ranked: list, tol: float = 1e-5) -> list[frozenset[str]]:
+    """The ranked items as groups of equal scores: float noise between a batch and a single row may swap two
+    items whose ranking scores agree to the last digit (saturated sigmoids), never anything else. The last group
+    may be cut by k, so it is left out."""
+    groups: list[set[str]] = []
+    for i, r in enumerate(ranked):
+        if i == 0 or abs(r.score - ranked[i - 1].score) > tol:
+            groups.append(set())
+        groups[-1].add(r.item_id)
+    return [frozenset(g) for g in groups[:-1]]
 
