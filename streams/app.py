@@ -2,12 +2,13 @@
 
     genrec.events ──ingest──▶ user_history (RocksDB, changelog-backed, co-partitioned by user)
          │ query events ──────────▶ genrec.requests
-    genrec.requests ──infer──▶ micro-batches ──▶ model (one thread) ──▶ genrec.results
+    genrec.requests ──infer──▶ micro-batches ──▶ model (child process) ──▶ genrec.results
     bad input, anywhere ──▶ genrec.deadletter
 
 Guarantee: at least once. A request is acked only after its result (or dead letter) is confirmed by
-the broker; table writes stay in the per-event path of the ingest agent (Faust cannot write tables from
-a batch), and Faust flushes their changelog records before it commits the source offsets.
+the broker, and a partition's requests are acked in offset order (streams/acks.py says why); table
+writes stay in the per-event path of the ingest agent (Faust cannot write tables from a batch), and
+Faust flushes their changelog records before it commits the source offsets.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from schemas.messages import (
     truncate_raw,
 )
 from streams import history_codec
+from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
 from streams.metrics import CONTENT_TYPE, WorkerMetrics
 from streams.models import ModelFollower, ModelsTopicTable
@@ -236,6 +238,7 @@ class GenrecWorker:
             options={"driver": "rocksdict", "block_cache_size": s.rocksdb_block_cache_bytes},
         )
         self.batcher: MicroBatcher[_Pending] | None = None
+        self._in_order = InOrderAcks()
         # Label lookups cost a dict walk and a lock per event on the hot path: resolve them once.
         self._n_appended = self.metrics.events.labels(outcome="appended")
         self._n_duplicate = self.metrics.events.labels(outcome="duplicate")
@@ -429,9 +432,11 @@ class GenrecWorker:
     async def _on_request(self, manual: StreamT, event: EventT, batcher: MicroBatcher[_Pending]) -> None:
         m = event.message
 
-        async def ack() -> None:
+        async def ack_now() -> None:
             await manual.ack(event)
 
+        # A dead letter or a forward is done at once, before earlier requests still in the batcher.
+        ack = self._in_order.track(m.tp, ack_now)
         try:
             req: RecRequest = decode(RecRequest, m.value)
             check_not_ahead(req.ts, self._max_ahead_ms)
