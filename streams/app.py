@@ -2,7 +2,7 @@
 
     genrec.events ──ingest──▶ user_history (RocksDB, changelog-backed, co-partitioned by user)
          │ query events ──────────▶ genrec.requests
-    genrec.requests ──infer──▶ micro-batches ──▶ model (child process) ──▶ genrec.results
+    genrec.requests ──infer──▶ micro-batches ──▶ model (a child process) ──▶ genrec.results
     bad input, anywhere ──▶ genrec.deadletter
 
 Guarantee: at least once. A request is acked only after its result (or dead letter) is confirmed by

@@ -64,3 +64,31 @@ def test_any_finish_order_acks_each_partition_in_tracking_order(tps: list[str], 
     assert sorted(acked, key=lambda x: x[1]) == [(tp, i) for i, tp in enumerate(tps)]
     for tp in set(tps):
         assert [i for t, i in acked if t == tp] == [i for i, t in enumerate(tps) if t == tp]
+
+
+def _faust_new_offset(committed: int | None, acked: list[int]) -> int | None:
+    """What faust-streaming's consumer would commit for one partition, given its committed offset and acks."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from faust.transport.consumer import Consumer
+    from faust.types import TP
+
+    tp = TP("genrec.requests", 0)
+    state = SimpleNamespace(
+        _acked=defaultdict(list, {tp: list(acked)}),
+        _acked_index=defaultdict(set, {tp: set(acked)}),
+        _gap=defaultdict(lambda: None),
+        _committed_offset=defaultdict(lambda: None, {tp: committed}),
+    )
+    return Consumer._new_offset(state, tp)  # type: ignore[arg-type]
+
+
+def test_the_faust_behaviour_that_in_order_acks_guard_against() -> None:
+    # Offset 10 is committed (next to read) and still in the batcher; 11 was dead-lettered and acked first.
+    # Faust commits 12 and so skips 10. If an upgrade fixes this, InOrderAcks is no longer needed.
+    assert _faust_new_offset(10, [11]) == 12
+    assert _faust_new_offset(None, [3, 4]) == 5  # nothing committed yet: no guard at all
+    # In order, as InOrderAcks releases them, the commit never passes an unacked offset.
+    assert _faust_new_offset(10, [10, 11]) == 12
+    assert _faust_new_offset(10, [12]) is None
