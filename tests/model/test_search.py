@@ -16,6 +16,7 @@ from model.serving import Recommender
 from model.text import MAX_QUERY_CHARS, make_text_encoder
 from model.tokens import Kind, tokenize
 from model.train import fit_and_test
+from tests.model.compare import tie_groups
 
 
 def test_a_query_token_sits_right_before_the_item_it_led_to() -> None:
@@ -138,17 +139,6 @@ def test_searches_and_recommendations_share_a_batch_with_the_results_they_get_al
     for b in range(len(users)):
         alone = rec.recommend([hists[b]], k=10, queries=[queries[b]], now_ms=[now[b]])[0]
         np.testing.assert_allclose([r.score for r in together[b]], [r.score for r in alone], rtol=1e-4, atol=1e-5)
-        assert _tie_groups(together[b]) == _tie_groups(alone), (b, queries[b])
+        assert tie_groups(together[b]) == tie_groups(alone), (b, queries[b])
 
-
-def _tie_groups(ranked: list, tol: float = 1e-5) -> list[frozenset[str]]:
-    """The ranked items as groups of equal scores: float noise between a batch and a single row may swap two
-    items whose ranking scores agree to the last digit (saturated sigmoids), never anything else. The last group
-    may be cut by k, so it is left out."""
-    groups: list[set[str]] = []
-    for i, r in enumerate(ranked):
-        if i == 0 or abs(r.score - ranked[i - 1].score) > tol:
-            groups.append(set())
-        groups[-1].add(r.item_id)
-    return [frozenset(g) for g in groups[:-1]]
 
