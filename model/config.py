@@ -92,6 +92,10 @@ class TrainConfig(_Config):
     inbatch_negatives: int = Field(default=256, ge=0)
     bpr_weight: float = Field(default=0.5, ge=0.0)
     patience: int = Field(default=8, ge=1)  # epochs without validation improvement before stopping
+    # After more than lr_decay_patience epochs without a validation gain, multiply the LR by lr_decay (1.0: off).
+    lr_decay: float = Field(default=1.0, gt=0.0, le=1.0)
+    lr_decay_patience: int = Field(default=3, ge=1)
+    min_lr: float = Field(default=1e-5, ge=0.0)
     # Sequence models sit on a popularity plateau for the first hundreds of steps: never stop before this.
     min_epochs: int = Field(default=10, ge=1)
     # Sample a random window end for users with more than L events (uses the whole history over epochs).

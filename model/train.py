@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from model.backbone import HistoryCache
@@ -257,6 +258,14 @@ class FitResult:
     epochs_run: int
 
 
+def plateau_scheduler(opt: torch.optim.Optimizer, tcfg: TrainConfig) -> ReduceLROnPlateau | None:
+    """Decay the learning rate when the validation metric (higher is better) stops rising; None when off."""
+    if tcfg.lr_decay >= 1.0:
+        return None
+    return ReduceLROnPlateau(opt, mode="max", factor=tcfg.lr_decay, patience=tcfg.lr_decay_patience,
+                             min_lr=tcfg.min_lr)
+
+
 def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np.ndarray | None = None,
         progress: bool = True, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         search: SearchData | None = None,
@@ -271,6 +280,7 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
     users = eval_users(ds)
     lengths = split_lengths(ds, "train")
     select = "auc" if tcfg.task == "ranking" else "ndcg@10"
+    sched = plateau_scheduler(trainer.opt, tcfg)
     best, best_epoch, best_state, bad = -1.0, 0, copy.deepcopy(model.state_dict()), 0
     history: list[dict[str, float]] = []
     tokens, train_seconds = 0, 0.0
@@ -294,7 +304,7 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
             bar.set_postfix(loss=f"{out['loss']:.3f}")
         train_seconds += time.perf_counter() - t0  # validation time does not count toward throughput
         valid = evaluate(model, ds, "valid", tcfg.eval_batch_size, search, tcfg.eval_exclude_seen)
-        row = {"epoch": epoch, **{k: v / max(n, 1) for k, v in sums.items()},
+        row = {"epoch": epoch, "lr": trainer.opt.param_groups[0]["lr"], **{k: v / max(n, 1) for k, v in sums.items()},
                **{f"valid_{k}": v for k, v in valid.items()}}
         history.append(row)
         if on_epoch:
@@ -306,6 +316,8 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
             tqdm.write(msg)
         else:
             print(msg, file=sys.stderr, flush=True)
+        if sched is not None:
+            sched.step(score)
         if score > best:
             best, best_epoch, bad = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())

@@ -1,0 +1,51 @@
+"""Learning-rate decay on a validation plateau (TrainConfig.lr_decay)."""
+
+from __future__ import annotations
+
+import torch
+
+from model.config import TrainConfig
+from model.data import synthetic_dataset
+from model.train import fit, model_config_for, plateau_scheduler
+
+
+def _opt(lr: float = 1.0) -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_off_by_default() -> None:
+    assert plateau_scheduler(_opt(), TrainConfig()) is None
+
+
+def test_decays_after_more_than_patience_epochs_without_a_gain() -> None:
+    opt = _opt(1.0)
+    sched = plateau_scheduler(opt, TrainConfig(lr_decay=0.5, lr_decay_patience=2, min_lr=0.2))
+    assert sched is not None
+    lrs = []
+    for score in [0.1, 0.2, 0.2, 0.19, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]:
+        sched.step(score)
+        lrs.append(opt.param_groups[0]["lr"])
+    # higher is better: 0.2 → three epochs without a gain → halved; 0.3 resets; then halved every 3, floored.
+    assert lrs == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.2, 0.2, 0.2]
+
+
+def test_fit_records_the_learning_rate_it_trained_each_epoch_with() -> None:
+    ds = synthetic_dataset(n_users=60, n_items=40, events_per_user=20, seed=2)
+    mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=20)
+    tcfg = TrainConfig(epochs=6, min_epochs=6, patience=6, batch_size=32, lr=1e-2, uniform_negatives=32,
+                       inbatch_negatives=16, lr_decay=0.5, lr_decay_patience=1)
+    res = fit(ds, mcfg, tcfg, progress=False)
+    lrs = [row["lr"] for row in res.history]
+    assert lrs[0] == 1e-2 and min(lrs) < 1e-2, lrs  # this small run does plateau (seed 2)
+    # Replay the rule on the recorded validation scores: the LR of epoch e+1 follows from epochs 1..e.
+    best, bad, lr = float("-inf"), 0, 1e-2
+    for row, next_lr in zip(res.history, [*lrs[1:], None], strict=True):
+        score = row["valid_ndcg@10"]
+        if score > best * (1 + 1e-4) if best > 0 else score > best:
+            best, bad = score, 0
+        else:
+            bad += 1
+        if bad > tcfg.lr_decay_patience:
+            lr, bad = max(lr * tcfg.lr_decay, tcfg.min_lr), 0
+        if next_lr is not None:
+            assert abs(next_lr - lr) < 1e-12, (lrs, [r["valid_ndcg@10"] for r in res.history])
