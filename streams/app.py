@@ -228,6 +228,8 @@ class GenrecWorker:
         self.requests_topic = app.topic(s.requests_topic, **raw)
         self.results_topic = app.topic(s.results_topic, **raw)
         self.deadletter_topic = app.topic(s.deadletter_topic, **raw)
+        # Only these agents' own acks count for their topics (streams/transport.py says why).
+        app.agent_acked_topics.update({s.events_topic, s.requests_topic})
         self.history = app.Table(
             HISTORY_TABLE,
             default=None,
@@ -347,6 +349,7 @@ class GenrecWorker:
                 )
                 await self.app.crash(exc)
                 raise
+            self.app.mark_processed(event.message)
             await manual.ack(event)
 
     async def _on_event(self, event: EventT) -> None:
@@ -433,6 +436,7 @@ class GenrecWorker:
         m = event.message
 
         async def ack_now() -> None:
+            self.app.mark_processed(m)
             await manual.ack(event)
 
         # A dead letter or a forward is done at once, before earlier requests still in the batcher.
