@@ -349,8 +349,13 @@ class GenrecWorker:
                 )
                 await self.app.crash(exc)
                 raise
-            self.app.mark_processed(event.message)
-            await manual.ack(event)
+            await self._ack(manual, event)
+
+    async def _ack(self, stream: StreamT, event: EventT) -> None:
+        """Ack a message an agent has finished: on the agents' topics only these acks count
+        (streams/transport.py)."""
+        self.app.mark_processed(event.message)
+        await stream.ack(event)
 
     async def _on_event(self, event: EventT) -> None:
         m = event.message
@@ -436,8 +441,7 @@ class GenrecWorker:
         m = event.message
 
         async def ack_now() -> None:
-            self.app.mark_processed(m)
-            await manual.ack(event)
+            await self._ack(manual, event)
 
         # A dead letter or a forward is done at once, before earlier requests still in the batcher.
         ack = self._in_order.track(m.tp, ack_now)

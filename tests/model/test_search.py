@@ -140,5 +140,3 @@ def test_searches_and_recommendations_share_a_batch_with_the_results_they_get_al
         alone = rec.recommend([hists[b]], k=10, queries=[queries[b]], now_ms=[now[b]])[0]
         np.testing.assert_allclose([r.score for r in together[b]], [r.score for r in alone], rtol=1e-4, atol=1e-5)
         assert tie_groups(together[b]) == tie_groups(alone), (b, queries[b])
-
-
