@@ -1,6 +1,19 @@
 """Faust's aiokafka transport with the worker consumer's `fetch_max_wait_ms` configurable, and commits
 that never pass a message the worker's agents have not finished.
 
+On the agents' topics (`GenrecFaustApp.agent_acked_topics`) the worker consumer changes five things in
+faust-streaming 0.15.3; each could lose a message to a SIGKILL, the last three were seen doing it in the
+chaos test (RELIABILITY.md):
+
+- offsets between two fetched messages are not counted as acked (`_add_gap`);
+- a message the stream skipped is not counted as acked (`ack`);
+- a commit starts at the committed offset or does not happen (`_new_offset`);
+- a message fetched again after a seek goes on to the agent instead of being dropped (`getmany`);
+- messages emptied from a stream buffer on resume are read again (`_GenrecQueue.clear`).
+
+None of them can drop a message, only deliver one again: agents are idempotent on events and may answer a
+request twice (at-least-once).
+
 Faust 0.15.3 passes `fetch_max_wait_ms=1500` to the worker's AIOKafkaConsumer, hard-coded. A broker
 that holds a fetch until that wait runs out when data is sparse (Tansu does, design.md §6b) then adds
 up to 1.5 s of latency to every request at low rates. Apache Kafka answers as soon as data is there,
@@ -10,15 +23,18 @@ so a low value costs nothing there but a few more empty fetches.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import aiokafka
 import faust
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import Message, ServiceT
+from faust.types import TP, Message, ServiceT
 from faust.types.tuples import ack_lock
 from faust.web import drivers as web_drivers
 from mode.utils.futures import notify
+from mode.utils.queues import ThrowableQueue
 
 __all__ = ["GenrecFaustApp"]
 
@@ -105,6 +121,92 @@ class _Consumer(faust_aiokafka.Consumer):
             return
         await super()._add_gap(tp, offset_from, offset_to)
 
+    def _new_offset(self, tp: TP) -> int | None:
+        """The offset to commit: on the agents' topics, only when the committed offset itself is finished.
+
+        Faust's own check is `min(acked) - committed > 1`, so with `committed` unfinished and
+        `committed + 1` finished it commits past `committed`. Seen in the chaos test: committed 39, the
+        message at 39 lost in the worker (see `getmany`), 40 and 41 finished, Faust committed 42.
+        """
+        if tp.topic in self.app.agent_acked_topics:
+            committed = self._committed_offset[tp]
+            acked = self._acked[tp]
+            if committed is not None and acked:
+                stale = [o for o in acked if o < committed]  # finished twice, committed meanwhile
+                if stale:
+                    acked[:] = [o for o in acked if o >= committed]
+                    self._acked_index[tp].difference_update(stale)
+                if acked and min(acked) != committed:
+                    return None
+        return super()._new_offset(tp)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """Faust's fetch loop, with no message of the agents' topics dropped as already read.
+
+        Faust drops a fetched message whose offset is below the last one it handed on (`_read_offset`),
+        taking it for a copy of one already processed. After a seek that is wrong: messages of the batch
+        fetched before the seek keep coming and push the read offset past the seek point, so the copies
+        the seek fetches again are dropped, and any of them whose first copy never reached the agent
+        (emptied from the stream buffer on resume, skipped while flow was stopped) is lost. Seen in the
+        chaos test after a restart: 32..38 handed on, seek to 32, 39..41 of the old batch, then the
+        refetched 32..41 all dropped; 39 had been emptied from the buffer, and never came again.
+        Here such a message goes on to the agent, which processes it again (at-least-once).
+        """
+        held = self.app.agent_acked_topics
+        read_offset = self._read_offset
+        committed = self._committed_offset
+        async for tp, message in super().getmany(timeout):
+            if tp.topic in held:
+                r = read_offset.get(tp)
+                c = committed[tp]
+                # Below the committed offset everything is finished: those copies may still be dropped.
+                if r is not None and message.offset < r and (c is None or message.offset >= c):
+                    read_offset[tp] = message.offset
+            yield tp, message
+
+    def reread_dropped(self, dropped: dict[TP, int]) -> None:
+        """Seek partitions back to their committed offsets: messages of theirs were dropped unprocessed.
+
+        Only backwards to the committed offset: everything below it is finished (`_new_offset`), and
+        anything between it and the dropped message may be unfinished too.
+        """
+        try:
+            assignment = self.assignment()
+        except ConsumerNotStarted:
+            return  # nothing fetched yet, or stopping: the next start reads from the committed offsets
+        for tp, offset in dropped.items():
+            committed = self._committed_offset[tp]
+            if tp not in assignment or committed is None or committed > offset:
+                continue  # not ours any more, or a seek already went back past it
+            log.info("reading %s[%d] again from %d: offset %d was dropped from the stream buffer unprocessed",
+                     tp.topic, tp.partition, committed, offset)
+            self._thread.seek(tp, committed)  # what Faust's own seek() does, without an await in between
+            self._read_offset[tp] = committed or None
+
+
+class _GenrecQueue(ThrowableQueue):
+    """A stream buffer that, when Faust empties it, has its dropped agent messages read again.
+
+    `FlowControlEvent.resume()` empties every stream buffer, also when flow was already running: at the
+    end of a recovery that follows a changelog restore, right after the seek to the committed offsets,
+    messages fetched after that seek are in the buffer and are thrown away.
+    """
+
+    app: Any = None
+
+    def clear(self) -> None:
+        app = self.app
+        dropped: dict[TP, int] = {}
+        if app is not None:
+            for item in self._queue:  # type: ignore[attr-defined]
+                message = getattr(item, "message", None)
+                if message is not None and message.topic in app.agent_acked_topics:
+                    tp = message.tp
+                    dropped[tp] = min(dropped.get(tp, message.offset), message.offset)
+        super().clear()
+        if dropped:
+            app.consumer.reread_dropped(dropped)
+
 
 class _Transport(faust_aiokafka.Transport):
     Consumer: ClassVar[Any] = _Consumer
@@ -134,6 +236,11 @@ class GenrecFaustApp(faust.App):
         except KeyError:
             return False
         return True
+
+    def FlowControlQueue(self, maxsize: int | None = None, *, clear_on_resume: bool = False) -> ThrowableQueue:  # noqa: N802
+        queue = _GenrecQueue(maxsize=maxsize, flow_control=self.flow_control, clear_on_resume=clear_on_resume)
+        queue.app = self
+        return queue
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

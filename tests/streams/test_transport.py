@@ -50,3 +50,68 @@ async def test_a_jump_in_read_offsets_is_not_counted_as_acked_on_the_agents_topi
     assert consumer._gap[TP("other", 1)]
     consumer._acked[TP("other", 1)] = [9, 12]
     assert consumer._new_offset(TP("other", 1)) == 13  # 10 and 11 counted as acked by the gap
+
+
+def test_commits_start_at_the_committed_offset_on_the_agents_topics() -> None:
+    _, consumer = _consumer({"requests"})
+    tp, other = TP("requests", 0), TP("other", 0)
+    for t in (tp, other):
+        consumer._committed_offset[t] = 39
+        consumer._acked[t] = [40, 41]  # 39 never finished
+        consumer._acked_index[t] = {40, 41}
+    assert consumer._new_offset(tp) is None
+    assert consumer._new_offset(other) == 42  # Faust's own rule, which passes the unfinished 39
+    consumer._acked[tp].append(39)
+    assert consumer._new_offset(tp) == 42
+
+
+def test_finished_offsets_below_the_committed_one_do_not_block_commits() -> None:
+    _, consumer = _consumer({"requests"})
+    tp = TP("requests", 0)
+    consumer._committed_offset[tp] = 10
+    consumer._acked[tp] = [8, 9, 10, 11]  # 8 and 9 finished again after a seek back
+    consumer._acked_index[tp] = {8, 9, 10, 11}
+    assert consumer._new_offset(tp) == 12
+    assert not consumer._acked_index[tp]
+
+
+async def test_a_message_fetched_again_after_a_seek_goes_on_to_the_agent(monkeypatch) -> None:
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    _, consumer = _consumer({"requests"})
+    tp, other = TP("requests", 0), TP("other", 0)
+    fetched = [(tp, _message("requests", 39)), (other, _message("other", 39)), (tp, _message("requests", 5))]
+
+    async def batch(self, timeout: float):  # what Faust's own getmany yields after the seek
+        for item in fetched:
+            yield item
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "getmany", batch)
+    consumer._committed_offset[tp] = 32
+    for t in (tp, other):
+        consumer._read_offset[t] = 41  # pushed there by the batch fetched before the seek to 32
+    seen = []
+    async for t, m in consumer.getmany(1.0):
+        seen.append((t, m.offset, consumer._read_offset[t]))
+    # Faust's drain loop hands a message on when its offset >= the read offset: 39 now passes, 5 (below
+    # the committed offset, finished) and the other topic's 39 keep Faust's rule and are dropped.
+    assert seen == [(tp, 39, 39), (other, 39, 41), (tp, 5, 39)]
+
+
+def test_messages_emptied_from_a_stream_buffer_are_read_again(monkeypatch) -> None:
+    app, consumer = _consumer({"requests"})
+    tp, gone, other = TP("requests", 0), TP("requests", 2), TP("other", 0)
+    queue = app.FlowControlQueue(maxsize=10, clear_on_resume=True)
+    for topic, partition, offset in (("requests", 0, 40), ("requests", 0, 39), ("other", 0, 7), ("requests", 2, 3)):
+        message = Message(topic, partition, offset, 0.0, 0, {}, b"k", b"v", None)
+        queue.put_nowait(type("Ev", (), {"message": message})())
+    consumer._committed_offset[tp] = 32
+    consumer._committed_offset[gone] = 0
+    seeks: list[tuple[TP, int]] = []
+    monkeypatch.setattr(consumer._thread, "seek", lambda t, o: seeks.append((t, o)))
+    monkeypatch.setattr(consumer, "assignment", lambda: {tp, other})  # requests[2] was revoked
+    consumer._read_offset[tp] = 41
+    app.flow_control.resume()  # Faust empties every managed buffer on resume, even when flow was running
+    assert queue.empty()
+    assert seeks == [(tp, 32)]  # back to the committed offset: all below it is finished
+    assert consumer._read_offset[tp] == 32
