@@ -149,7 +149,7 @@ class _Consumer(faust_aiokafka.Consumer):
         the seek fetches again are dropped, and any of them whose first copy never reached the agent
         (emptied from the stream buffer on resume, skipped while flow was stopped) is lost. Seen in the
         chaos test after a restart: 32..38 handed on, seek to 32, 39..41 of the old batch, then the
-        refetched 32..41 all dropped; 39 had been emptied from the buffer, and never came again.
+        refetched 32..41 all dropped; 39 (by its timing emptied from the buffer on resume) never came again.
         Here such a message goes on to the agent, which processes it again (at-least-once).
         """
         held = self.app.agent_acked_topics
