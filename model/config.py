@@ -88,6 +88,9 @@ class TrainConfig(_Config):
     weight_decay: float = Field(default=0.0, ge=0.0)
     grad_clip: float = Field(default=1.0, gt=0.0)
     task: Literal["joint", "retrieval", "ranking"] = "joint"
+    # "sampled": InfoNCE over uniform + in-batch negatives with log-Q correction; "full": softmax over every
+    # item (exact cross-entropy, no sampling bias), affordable when the catalogue has a few thousand items.
+    negatives: Literal["sampled", "full"] = "sampled"
     uniform_negatives: int = Field(default=512, ge=0)
     inbatch_negatives: int = Field(default=256, ge=0)
     bpr_weight: float = Field(default=0.5, ge=0.0)

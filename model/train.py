@@ -24,7 +24,7 @@ from model.data import SequenceDataset, eval_users, split_lengths
 from model.enhancer import select_targets
 from model.evaluate import evaluate
 from model.generative import GenerativeRecommender
-from model.losses import info_nce, log_sampling_prob, ranking_loss, sample_negatives
+from model.losses import full_softmax_nce, info_nce, log_sampling_prob, ranking_loss, sample_negatives
 from model.search import SearchData
 from model.tokens import Kind
 from model.weighting import AdaptiveWeighter, task_grad_norms
@@ -97,8 +97,12 @@ class Trainer:
             u = model.user_state(h[ret_mask])  # [M, D]
             table = model.output_item_table()
             N = model.cfg.num_items
-            neg_ids, neg_log_q = sample_negatives(pos_ids, N, cfg.uniform_negatives, cfg.inbatch_negatives)
-            pos_log_q = log_sampling_prob(pos_ids, pos_ids, N, cfg.uniform_negatives, cfg.inbatch_negatives)
+            full = cfg.negatives == "full"
+            if full:
+                neg_ids = torch.arange(1, N + 1, device=dev)
+            else:
+                neg_ids, neg_log_q = sample_negatives(pos_ids, N, cfg.uniform_negatives, cfg.inbatch_negatives)
+                pos_log_q = log_sampling_prob(pos_ids, pos_ids, N, cfg.uniform_negatives, cfg.inbatch_negatives)
             extra, soft, hard_ids = None, None, None
             if self._enhancer_due():
                 extra, soft, hard_ids = self._enhancer_logits(h.detach(), cache.detach(), tb, ret_mask, u, table)
@@ -117,13 +121,19 @@ class Trainer:
                 neg_bias = model.text_match(qvec, neg_ids)
                 if extra is not None and hard_ids is not None:
                     extra = extra + model.text_match(qvec, hard_ids) / model.cfg.tau
-            loss, logits = info_nce(u, table[pos_ids], pos_log_q, pos_ids, table[neg_ids], neg_log_q, neg_ids,
-                                    model.cfg.tau, extra, pos_bias, neg_bias)
+            if full:
+                loss, logits = full_softmax_nce(u, table, pos_ids, model.cfg.tau, extra, neg_bias)
+            else:
+                loss, logits = info_nce(u, table[pos_ids], pos_log_q, pos_ids, table[neg_ids], neg_log_q, neg_ids,
+                                        model.cfg.tau, extra, pos_bias, neg_bias)
             if extra is not None:
                 out.hard_negatives = int(torch.isfinite(extra).sum())
             if soft is not None:
                 rows, soft_logit, w = soft
-                lse_neg = torch.logsumexp(logits[rows, 1:], dim=1)
+                # Negatives only: in the full layout the positive is column id − 1, in the sampled one column 0.
+                neg = (logits[rows].scatter(1, (pos_ids[rows] - 1)[:, None], float("-inf")) if full
+                       else logits[rows, 1:])
+                lse_neg = torch.logsumexp(neg, dim=1)
                 soft_loss = (w * -(soft_logit - torch.logaddexp(soft_logit, lse_neg))).sum() / w.sum().clamp_min(1e-6)
                 loss = loss + cfg.enhancer.soft_weight * soft_loss
                 out.soft = soft_loss.item()

@@ -9,7 +9,7 @@ import torch
 
 from model.config import WeighterConfig
 from model.enhancer import select_targets
-from model.losses import info_nce, log_sampling_prob, ranking_loss, sample_negatives
+from model.losses import full_softmax_nce, info_nce, log_sampling_prob, ranking_loss, sample_negatives
 from model.weighting import AdaptiveWeighter
 
 
@@ -100,6 +100,26 @@ def test_info_nce_masks_accidental_hits_and_prefers_the_positive() -> None:
     assert torch.isinf(logits[:, 1:][hit]).all()  # the positive never counts as its own negative
     loss_bad, _ = info_nce(-user, table[pos], torch.zeros(2), pos, table[ids], lq, ids, tau=0.05)
     assert loss_good < loss_bad
+
+
+def test_full_softmax_is_info_nce_over_every_item_without_correction() -> None:
+    torch.manual_seed(1)
+    table = torch.nn.functional.normalize(torch.randn(11, 8), dim=-1)  # row 0: padding
+    user = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    pos = torch.tensor([3, 10, 1])
+    everything = torch.arange(1, 11)
+    bias = 0.1 * torch.randn(3, 10)
+    full, logits = full_softmax_nce(user, table, pos, tau=0.1, bias=bias)
+    sampled, _ = info_nce(user, table[pos], torch.zeros(3), pos, table[everything], torch.zeros(10), everything,
+                          tau=0.1, pos_bias=bias.gather(1, (pos - 1)[:, None])[:, 0], neg_bias=bias)
+    assert torch.allclose(full, sampled, atol=1e-6)
+    by_hand = -torch.log_softmax((user @ table[1:].T + bias) / 0.1, dim=1)[torch.arange(3), pos - 1].mean()
+    assert torch.allclose(full, by_hand, atol=1e-6)
+    assert logits.shape == (3, 10)  # padding is never a candidate
+    # An extra (hard) negative only ever enlarges the denominator; −inf where absent changes nothing.
+    extra = torch.tensor([[5.0], [float("-inf")], [float("-inf")]])
+    with_extra, _ = full_softmax_nce(user, table, pos, tau=0.1, extra_logits=extra, bias=bias)
+    assert with_extra > full
 
 
 def test_ranking_loss_pairs_stay_within_a_user() -> None:
