@@ -95,6 +95,10 @@ class TrainConfig(_Config):
     inbatch_negatives: int = Field(default=256, ge=0)
     bpr_weight: float = Field(default=0.5, ge=0.0)
     patience: int = Field(default=8, ge=1)  # epochs without validation improvement before stopping
+    # What early stopping, LR decay and the kept checkpoint maximise on validation. "auto": AUC for ranking-only,
+    # NDCG@10 for retrieval-only, and for joint training on data with feedback NDCG@10 × (AUC − 0.5): one model
+    # serves both tasks, and the product counts a relative gain of either alike (d log = dN/N + dA/(A − ½)).
+    select: Literal["auto", "ndcg@10", "auc", "ndcg@10*auc_lift"] = "auto"
     # After more than lr_decay_patience epochs without a validation gain, multiply the LR by lr_decay (1.0: off).
     lr_decay: float = Field(default=1.0, gt=0.0, le=1.0)
     lr_decay_patience: int = Field(default=3, ge=1)

@@ -276,6 +276,21 @@ def plateau_scheduler(opt: torch.optim.Optimizer, tcfg: TrainConfig) -> ReduceLR
                              min_lr=tcfg.min_lr)
 
 
+def selection_metric(select: str, task: str, valid: dict[str, float]) -> str:
+    """The validation figure that picks the checkpoint (TrainConfig.select; "auto" resolved by task and data)."""
+    if select != "auto":
+        return select
+    if task == "ranking":
+        return "auc"
+    return "ndcg@10*auc_lift" if task == "joint" and "auc" in valid else "ndcg@10"
+
+
+def selection_score(valid: dict[str, float], name: str) -> float:
+    if name == "ndcg@10*auc_lift":
+        return valid.get("ndcg@10", float("nan")) * (valid.get("auc", float("nan")) - 0.5)
+    return valid.get(name, float("nan"))
+
+
 def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np.ndarray | None = None,
         progress: bool = True, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         search: SearchData | None = None,
@@ -289,7 +304,7 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
     rng = np.random.default_rng(tcfg.seed)
     users = eval_users(ds)
     lengths = split_lengths(ds, "train")
-    select = "auc" if tcfg.task == "ranking" else "ndcg@10"
+    select = tcfg.select
     sched = plateau_scheduler(trainer.opt, tcfg)
     best, best_epoch, best_state, bad = -1.0, 0, copy.deepcopy(model.state_dict()), 0
     history: list[dict[str, float]] = []
@@ -319,8 +334,9 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
         history.append(row)
         if on_epoch:
             on_epoch(epoch, row)
-        score = valid.get(select, float("nan"))
-        msg = (f"epoch {epoch}: loss {row['loss']:.4f}  valid {select} {score:.4f}  "
+        name = selection_metric(select, tcfg.task, valid)
+        score = selection_score(valid, name)
+        msg = (f"epoch {epoch}: loss {row['loss']:.4f}  valid {name} {score:.4f}  "
                f"({train_seconds:.0f} s training so far)")
         if progress:
             tqdm.write(msg)

@@ -159,11 +159,18 @@ class LocalCluster:
             time.sleep(0.25)
         raise TimeoutError(f"partitions of {topic} not spread over {wanted} in {timeout_s:.0f}s: {last}")
 
-    def log_tail(self, n: int = 80) -> str:
+    def log_tail(self, n: int = 80, notable: int = 60) -> str:
+        """The last `n` lines of the replicas' shared log, after the last `notable` lines that say why a
+        replica stalls (warnings, errors, rebalances, recovery, re-reads): a tail alone is mostly the
+        healthy replicas' chatter by the time a test gives up."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+            lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return "(no log)"
+        marks = ("WARNING", "ERROR", "Traceback", "wait_empty", "again from", "Recovery]: ", "assigned",
+                 "Revoking", "joining group", "crash", "Signal received")
+        picked = [line for line in lines if any(m in line for m in marks)][-notable:]
+        return "\n".join(["-- notable lines --", *picked, f"-- last {n} lines --", *lines[-n:]])
 
     def stop_all(self, timeout_s: float = 30.0) -> None:
         for rep in self.replicas.values():

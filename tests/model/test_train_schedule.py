@@ -78,3 +78,19 @@ def test_full_softmax_joint_training_with_the_enhancer_learns() -> None:
     assert soft_seen, "the enhancer never ran"
     assert trainer.losses(tb).soft > 0.0  # soft positives scored against the full denominator
     assert last < first - 0.3, (first, last)
+
+
+def test_checkpoint_selection_weighs_both_tasks_for_a_joint_model() -> None:
+    from model.train import selection_metric, selection_score
+
+    with_auc = {"ndcg@10": 0.1, "auc": 0.8}
+    assert selection_metric("auto", "ranking", with_auc) == "auc"
+    assert selection_metric("auto", "retrieval", with_auc) == "ndcg@10"
+    assert selection_metric("auto", "joint", with_auc) == "ndcg@10*auc_lift"
+    assert selection_metric("auto", "joint", {"ndcg@10": 0.1}) == "ndcg@10"  # no feedback, no AUC
+    assert selection_metric("ndcg@10", "joint", with_auc) == "ndcg@10"
+    assert abs(selection_score(with_auc, "ndcg@10*auc_lift") - 0.1 * 0.3) < 1e-12
+    # +10 % NDCG@10 and +10 % AUC lift score alike: neither task is sold for the other's units.
+    more_ndcg = selection_score({"ndcg@10": 0.11, "auc": 0.8}, "ndcg@10*auc_lift")
+    more_auc = selection_score({"ndcg@10": 0.1, "auc": 0.83}, "ndcg@10*auc_lift")
+    assert abs(more_ndcg - more_auc) < 1e-12
