@@ -38,7 +38,7 @@ def test_fit_records_the_learning_rate_it_trained_each_epoch_with() -> None:
     ds = synthetic_dataset(n_users=60, n_items=40, events_per_user=20, seed=2)
     mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=20)
     tcfg = TrainConfig(epochs=6, min_epochs=6, patience=6, batch_size=32, lr=1e-2, uniform_negatives=32,
-                       inbatch_negatives=16, lr_decay=0.5, lr_decay_patience=1)
+                       inbatch_negatives=16, lr_decay=0.5, lr_decay_patience=1, select="ndcg@10")
     res = fit(ds, mcfg, tcfg, progress=False)
     lrs = [row["lr"] for row in res.history]
     assert lrs[0] == 1e-2 and min(lrs) < 1e-2, lrs  # this small run does plateau (seed 2)
