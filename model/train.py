@@ -336,6 +336,8 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
             on_epoch(epoch, row)
         name = selection_metric(select, tcfg.task, valid)
         score = selection_score(valid, name)
+        if not np.isfinite(score):
+            raise ValueError(f"select={select!r}: validation gives no {name} here (it has {sorted(valid)})")
         msg = (f"epoch {epoch}: loss {row['loss']:.4f}  valid {name} {score:.4f}  "
                f"({train_seconds:.0f} s training so far)")
         if progress:

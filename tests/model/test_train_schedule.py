@@ -3,7 +3,10 @@ full-softmax retrieval loss (TrainConfig.negatives)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
 from model.batching import make_train_batch
@@ -94,3 +97,13 @@ def test_checkpoint_selection_weighs_both_tasks_for_a_joint_model() -> None:
     more_ndcg = selection_score({"ndcg@10": 0.11, "auc": 0.8}, "ndcg@10*auc_lift")
     more_auc = selection_score({"ndcg@10": 0.1, "auc": 0.83}, "ndcg@10*auc_lift")
     assert abs(more_ndcg - more_auc) < 1e-12
+
+
+def test_selecting_on_a_figure_the_data_cannot_give_is_a_clear_error() -> None:
+    # Order only, like ML-1M: no feedback, so validation has no AUC.
+    ds = dataclasses.replace(synthetic_dataset(n_users=30, n_items=20, events_per_user=10, seed=2), has_feedback=False)
+    mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=10)
+    tcfg = TrainConfig(epochs=2, batch_size=32, task="retrieval", uniform_negatives=8, inbatch_negatives=4,
+                       select="auc")  # a retrieval-only run is never evaluated on AUC
+    with pytest.raises(ValueError, match="no auc"):
+        fit(ds, mcfg, tcfg, progress=False)
