@@ -117,8 +117,9 @@ class Trainer:
             qvec = model.query_vectors(batch, batch["query"][ret_mask])  # [M, Dq] or None
             pos_bias = neg_bias = None
             if qvec is not None:
-                pos_bias = model.text_match(qvec, pos_ids[:, None])[:, 0]
-                neg_bias = model.text_match(qvec, neg_ids)
+                neg_bias = model.text_match(qvec, neg_ids)  # full: every item, the positive's column included
+                if not full:
+                    pos_bias = model.text_match(qvec, pos_ids[:, None])[:, 0]
                 if extra is not None and hard_ids is not None:
                     extra = extra + model.text_match(qvec, hard_ids) / model.cfg.tau
             if full:
