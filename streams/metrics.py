@@ -92,6 +92,9 @@ class WorkerMetrics:
         self.assigned_partitions = Gauge(
             "genrec_assigned_partitions", "Partitions assigned to this replica", ["topic", "kind"], registry=r
         )  # kind: active (served here) | standby (a warm copy of another replica's table)
+        self.recovery_stalls = Counter(
+            "genrec_recovery_stalls", "Changelog restores that made no progress for recovery_stall_s", registry=r
+        )
         self.ready = Gauge("genrec_ready", "1 when the worker serves (model loaded, partitions recovered)", registry=r)
 
     def set_model_version(self, version: str) -> None:
