@@ -47,7 +47,6 @@ from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
 from streams.metrics import CONTENT_TYPE, WorkerMetrics
 from streams.models import ModelFollower, ModelsTopicTable
-from streams.recovery_watch import StallDetector
 from streams.serving import InferenceInput, InferenceRunner, RecommenderLike, load_recommender
 from streams.settings import StreamSettings
 from streams.transport import GenrecFaustApp
@@ -252,11 +251,7 @@ class GenrecWorker:
         self.metrics.add_lag_source(self._lag)
         self._pages()
 
-        stalls = StallDetector(s.recovery_stall_s)
-
-        @app.timer(interval=min(5.0, s.recovery_stall_s / 2))
-        async def _watch_recovery() -> None:
-            self.metrics.recovery_stalls.inc(len(await recovery_watch.check(app, stalls, time.monotonic())))
+        recovery_watch.install(app, s.recovery_stall_s, self.metrics.recovery_stalls.inc)
 
         @app.task
         async def _declare_topics() -> None:

@@ -13,7 +13,8 @@ twice is harmless: a changelog record is the whole value of its key.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,3 +105,16 @@ async def check(app: Any, detector: StallDetector, now: float) -> list[Any]:
         )
         await app.consumer.seek(tp, start)
     return stalled
+
+
+def install(app: Any, stall_s: float, on_stalls: Callable[[int], None] | None = None) -> StallDetector:
+    """Look at `app`'s recovery every few seconds (a Faust timer); `on_stalls(n)` counts what was found."""
+    detector = StallDetector(stall_s)
+
+    @app.timer(interval=min(5.0, stall_s / 2))
+    async def _watch_recovery() -> None:
+        stalled = await check(app, detector, time.monotonic())
+        if stalled and on_stalls is not None:
+            on_stalls(len(stalled))
+
+    return detector

@@ -33,7 +33,7 @@ from model.online import OnlineConfig, OnlineLearner, make_example
 from model.store import ModelStore
 from model.tokens import History, action_from_event
 from schemas.messages import Event, EventType, ModelVersion, RecResult, decode
-from streams import history_codec
+from streams import history_codec, recovery_watch
 from streams.app import KafkaOutput
 from streams.metrics import CONTENT_TYPE
 from streams.models import MODEL_KEY, ModelsTopicTable, publish_version, version_message
@@ -64,6 +64,8 @@ class TrainerMetrics:
         self.results = Counter("genrec_trainer_results", "Served lists consumed", registry=r)
         self.examples = Counter("genrec_trainer_examples", "Examples built, by use", ["use"], registry=r)
         self.steps = Counter("genrec_trainer_steps", "Optimizer steps", registry=r)
+        self.recovery_stalls = Counter("genrec_trainer_recovery_stalls",
+                                       "Changelog restores that made no progress for recovery_stall_s", registry=r)
         self.rows = Counter("genrec_trainer_rows", "Example rows trained on (replay included)", registry=r)
         self.train_seconds = Counter("genrec_trainer_train_seconds", "Seconds spent in training rounds", registry=r)
         self.rounds = Counter("genrec_trainer_rounds", "Training rounds, by outcome", ["outcome"], registry=r)
@@ -127,6 +129,7 @@ class GenrecTrainer:
         self.served = app.Table("trainer_served", default=None, key_type=bytes, value_type=bytes,
                                 partitions=s.partitions, options=opts)
         self.models = ModelsTopicTable(s)
+        recovery_watch.install(app, s.recovery_stall_s, self.metrics.recovery_stalls.inc)
         # Children stop in reverse order: the training loop stops (and saves) before the producer it publishes with.
         self.loop = _TrainLoop(self)
         app.first_services.extend([self.models, self.loop])
