@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mode import Service
+
 log = logging.getLogger(__name__)
 
 
@@ -98,23 +100,52 @@ async def check(app: Any, detector: StallDetector, now: float) -> list[Any]:
         done = offsets.get(tp)
         start = 0 if done is None or done < 0 else int(done) + 1
         log.error(
-            "recovery of %s[%d] made no progress for %.0f s (restored up to %s of %s): client state %s; "
+            "recovery of %s[%d] made no progress for %.3g s (restored up to %s of %s): client state %s; "
             "seeking it to %d to fetch the rest again",
             tp.topic, tp.partition, detector.stall_s, done, recovery.active_highwaters.get(tp),
             client_state(app, tp), start,
         )
-        await app.consumer.seek(tp, start)
+        try:
+            await app.consumer.seek(tp, start)
+        except Exception as exc:  # revoked meanwhile, or the client stopping: the next look decides again
+            log.warning("could not seek %s[%d] to %d: %r", tp.topic, tp.partition, start, exc)
     return stalled
 
 
-def install(app: Any, stall_s: float, on_stalls: Callable[[int], None] | None = None) -> StallDetector:
-    """Look at `app`'s recovery every few seconds (a Faust timer); `on_stalls(n)` counts what was found."""
-    detector = StallDetector(stall_s)
+class RecoveryWatch(Service):
+    """Looks at `app`'s recovery every few seconds, from before the first one starts.
 
-    @app.timer(interval=min(5.0, stall_s / 2))
-    async def _watch_recovery() -> None:
-        stalled = await check(app, detector, time.monotonic())
-        if stalled and on_stalls is not None:
-            on_stalls(len(stalled))
+    A service rather than an `app.timer`: Faust starts timers only after the first recovery completed, so a
+    timer would never see a replica whose first recovery hangs.
+    """
 
-    return detector
+    def __init__(self, app: Any, stall_s: float, on_stalls: Callable[[int], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.faust_app = app
+        self.detector = StallDetector(stall_s)
+        self.on_stalls = on_stalls
+        self.interval_s = min(5.0, stall_s / 2)
+
+    async def tick(self) -> list[Any]:
+        stalled = await check(self.faust_app, self.detector, time.monotonic())
+        if stalled and self.on_stalls is not None:
+            self.on_stalls(len(stalled))
+        return stalled
+
+    @Service.task
+    async def _watch(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval_s)
+            if not self.should_stop:
+                try:
+                    await self.tick()
+                except Exception:  # a watch must never take the worker down with it
+                    log.exception("recovery watch failed; it looks again in %.1f s", self.interval_s)
+
+
+def install(app: Any, stall_s: float, on_stalls: Callable[[int], None] | None = None) -> RecoveryWatch:
+    """Watch `app`'s recoveries; `on_stalls(n)` counts the stalls found. `app` is a GenrecFaustApp."""
+    watch = RecoveryWatch(app, stall_s, on_stalls)
+    app.first_services.append(watch)
+    return watch

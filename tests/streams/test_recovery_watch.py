@@ -80,18 +80,16 @@ def test_client_state_reports_rather_than_raises_when_the_client_is_not_there() 
     assert "unavailable" in state  # no Kafka client behind the fake consumer
 
 
-def test_install_registers_a_timer_that_counts_stalls(monkeypatch: Any) -> None:
+def test_the_installed_watch_starts_with_the_app_and_counts_stalls(monkeypatch: Any) -> None:
     import streams.recovery_watch as rw
 
     app = _app(True, {B: -1}, {B: 41})
-    timers: list[tuple[float, Any]] = []
-    app.timer = lambda interval: lambda fn: timers.append((interval, fn)) or fn
+    app.first_services = []  # started before Faust's consumer (GenrecFaustApp), unlike an app.timer
     counted: list[int] = []
     clock = iter([0.0, 30.0])
     monkeypatch.setattr(rw, "time", SimpleNamespace(monotonic=lambda: next(clock)))
-    rw.install(app, stall_s=20.0, on_stalls=counted.append)
-    [(interval, tick)] = timers
-    assert interval == 5.0
-    asyncio.run(tick())
-    asyncio.run(tick())
+    watch = rw.install(app, stall_s=20.0, on_stalls=counted.append)
+    assert app.first_services == [watch] and watch.interval_s == 5.0
+    assert asyncio.run(watch.tick()) == []
+    assert asyncio.run(watch.tick()) == [B]
     assert counted == [1] and app.consumer.seeks == [(B, 0)]
