@@ -90,10 +90,10 @@ async def _watch_readiness(cluster: LocalCluster, names: list[str], stop: asynci
 def bootstrap(tmp_path: Path) -> Iterator[str]:
     """A broker of this test's own, not the session's.
 
-    The session broker keeps every record of every earlier test (its memory store never frees data), and
-    twice in full-suite runs a survivor's recovery read of a taken-over changelog partition got no record
-    at all from it for minutes (RELIABILITY.md). A failover test should measure the workers on a broker in
-    a production-like state, so it starts a fresh one, as design.md §6b advises for long runs.
+    The failover is measured on a fresh cluster, as an operator's would be, not on one that holds every record
+    of ~300 earlier tests (its memory store never frees data; design.md §6b advises a fresh broker for long
+    runs). That broker state was once suspected of a survivor's hung restore; the changelog probe below ruled
+    it out (RELIABILITY.md).
     """
     from ops.broker import BrokerBinaryNotFoundError, EmbeddedBroker, tansu_binary
 
