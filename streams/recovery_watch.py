@@ -69,6 +69,7 @@ def client_state(app: Any, tp: Any) -> dict[str, Any]:
         out["faust_paused"] = tp in consumer._paused_partitions
         out["faust_read_offset"] = consumer._read_offset.get(tp)
         out["flow_active"] = consumer.flow_active
+        out["changelog_queue"] = app.tables.changelog_queue.qsize()  # fetched, not yet restored
         client = consumer._thread._ensure_consumer()
         fetcher = client._fetcher
         assignment = client._subscription.subscription.assignment

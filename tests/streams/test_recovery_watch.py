@@ -53,7 +53,8 @@ class _Consumer:
 
 def _app(in_recovery: bool, offsets: dict[Any, int], highwaters: dict[Any, int]) -> Any:
     recovery = SimpleNamespace(in_recovery=in_recovery, active_offsets=offsets, active_highwaters=highwaters)
-    return SimpleNamespace(tables=SimpleNamespace(recovery=recovery), consumer=_Consumer())
+    queue = asyncio.Queue()  # type: ignore[var-annotated]
+    return SimpleNamespace(tables=SimpleNamespace(recovery=recovery, changelog_queue=queue), consumer=_Consumer())
 
 
 def test_check_seeks_a_stalled_partition_back_to_its_first_unrestored_offset(caplog: Any) -> None:
@@ -76,7 +77,7 @@ def test_check_does_nothing_outside_a_recovery() -> None:
 def test_client_state_reports_rather_than_raises_when_the_client_is_not_there() -> None:
     app = _app(True, {}, {})
     state = client_state(app, B)
-    assert state["faust_paused"] is False and state["flow_active"] is True
+    assert state["faust_paused"] is False and state["flow_active"] is True and state["changelog_queue"] == 0
     assert "unavailable" in state  # no Kafka client behind the fake consumer
 
 
