@@ -1,0 +1,52 @@
+"""Fault injection for `genrec worker` child processes of the tests; never on a production path.
+
+A test puts this directory on the child's PYTHONPATH, so Python imports it at start-up. With
+GENREC_TEST_LOSE_RESTORE="partition:first:count" set, the worker's Kafka client takes changelog records
+at offsets first .. first+count-1 of that partition from the broker (its position moves past them) but they never reach
+Faust's recovery, once each: the state the scale-out test's hang showed (RELIABILITY.md), made on purpose.
+Without a remedy the recovery then waits for them forever.
+"""
+
+from __future__ import annotations
+
+import os
+
+_SPEC = os.environ.get("GENREC_TEST_LOSE_RESTORE")
+
+if _SPEC:
+    import sys
+
+    from streams import transport
+
+    _partition, _first, _count = (int(x) for x in _SPEC.split(":"))
+    _lost: set[tuple[str, int]] = set()
+
+    def _lose(value: object) -> bool:
+        message = getattr(value, "message", None)
+        if message is None or not message.topic.endswith("-changelog") or message.partition != _partition:
+            return False
+        key = (message.topic, message.offset)
+        if not _first <= message.offset < _first + _count or key in _lost:
+            return False
+        _lost.add(key)
+        print(
+            f"inject: lost changelog record {message.topic}[{message.partition}]@{message.offset}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return True
+
+    # Faust's conductor hands a record to a buffer with put_nowait_enhanced, or with put when it is full.
+    _put = transport._GenrecQueue.put
+    _put_nowait_enhanced = transport._GenrecQueue.put_nowait_enhanced
+
+    async def _lossy_put(self, value, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not _lose(value):
+            await _put(self, value, *args, **kwargs)
+
+    def _lossy_put_nowait_enhanced(self, value, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not _lose(value):
+            _put_nowait_enhanced(self, value, *args, **kwargs)
+
+    transport._GenrecQueue.put = _lossy_put  # type: ignore[method-assign]
+    transport._GenrecQueue.put_nowait_enhanced = _lossy_put_nowait_enhanced  # type: ignore[method-assign]
