@@ -12,9 +12,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.data import SequenceDataset, load_item_meta
@@ -26,15 +28,29 @@ log = logging.getLogger(__name__)
 
 DEFAULT_K_PRIME = 200
 # A search takes fewer candidates: relevance to the query is the retriever's call (it reads the query token);
-# the ranker then orders the relevant items by predicted feedback.
+# the joint key (retrieval with the query, times predicted feedback) then orders them.
 DEFAULT_K_PRIME_SEARCH = 50
+
+
+ServingOrder = Literal["joint", "ranking", "retrieval"]
+
+
+def serving_key(retrieval: torch.Tensor, rank_logit: torch.Tensor, tau: float, order: ServingOrder) -> torch.Tensor:
+    """The candidates' sort key [B, K'] (higher first); see the module docstring for `joint`."""
+    if order == "joint":
+        return retrieval / tau + F.logsigmoid(rank_logit)
+    if order == "ranking":
+        return rank_logit
+    if order == "retrieval":
+        return retrieval
+    raise ValueError(f"unknown serving order {order!r}")
 
 
 @dataclass(frozen=True)
 class Recommendation:
     item_id: str
     rank: int  # from 1
-    score: float  # ranking head probability (or the retrieval score for retrieval-only models)
+    score: float  # ranking head probability (or the retrieval score for retrieval-only models); not the sort key
     retrieval_score: float  # cosine of user state and item
 
 
@@ -48,7 +64,7 @@ class Recommender:
     """A loaded model plus its item vocabulary; `recommend` is synchronous and serves a whole batch."""
 
     def __init__(self, ckpt: Checkpoint, device: str | None = None, k_prime: int = DEFAULT_K_PRIME,
-                 k_prime_search: int = DEFAULT_K_PRIME_SEARCH) -> None:
+                 k_prime_search: int = DEFAULT_K_PRIME_SEARCH, order: ServingOrder = "joint") -> None:
         self.device = pick_device(device)
         self.model: GenerativeRecommender = ckpt.model.to(self.device).eval()
         self.cfg = self.model.cfg
@@ -59,6 +75,8 @@ class Recommender:
         self.path = ckpt.path
         self.k_prime = k_prime
         self.k_prime_search = k_prime_search
+        serving_key(torch.zeros(1, 1), torch.zeros(1, 1), 1.0, order)  # an unknown order fails here, not per request
+        self.order: ServingOrder = order
         self.text_encoder = None  # created on first query (only models with query tokens use it)
         with torch.inference_mode():
             self.item_table = self.model.output_item_table()  # [N+1, D], fixed for a loaded version
@@ -67,8 +85,9 @@ class Recommender:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, expected_sha256: str | None = None,
-                        k_prime: int = DEFAULT_K_PRIME, k_prime_search: int = DEFAULT_K_PRIME_SEARCH) -> Recommender:
-        return cls(load_checkpoint(path, "cpu", expected_sha256), device, k_prime, k_prime_search)
+                        k_prime: int = DEFAULT_K_PRIME, k_prime_search: int = DEFAULT_K_PRIME_SEARCH,
+                        order: ServingOrder = "joint") -> Recommender:
+        return cls(load_checkpoint(path, "cpu", expected_sha256), device, k_prime, k_prime_search, order)
 
     @property
     def max_events(self) -> int:
@@ -139,16 +158,18 @@ class Recommender:
         top_s, top_i = scores.topk(kp, dim=1)  # [B, K']
         if self.cfg.ranking_trained:
             cand_ts = torch.as_tensor(now_s, device=scores.device)[:, None].expand(B, kp)
-            rank = torch.sigmoid(self.model.score_candidates(top_i, cand_ts, cache))
+            logit = self.model.score_candidates(top_i, cand_ts, cache)
+            rank = torch.sigmoid(logit)
+            key = serving_key(top_s, logit, self.cfg.tau, self.order)
         else:
-            rank = top_s
+            rank = key = top_s
         # Searches keep only their top-K'_search retrieved candidates (by retrieval score: top_s is sorted).
         per_row_kp = torch.as_tensor([max(self.k_prime_search, ks[b]) if qs[b] else kp for b in range(B)],
                                      device=scores.device)
         beyond = torch.arange(kp, device=scores.device)[None, :] >= per_row_kp[:, None]
-        rank = rank.masked_fill(~torch.isfinite(top_s) | beyond, float("-inf"))  # excluded items never come back
-        order = rank.argsort(dim=1, descending=True, stable=True)
-        top_i, top_s, rank = (x.gather(1, order).cpu().numpy() for x in (top_i, top_s, rank))
+        key = key.masked_fill(~torch.isfinite(top_s) | beyond, float("-inf"))  # excluded items never come back
+        order = key.argsort(dim=1, descending=True, stable=True)
+        top_i, top_s, rank, key = (x.gather(1, order).cpu().numpy() for x in (top_i, top_s, rank, key))
         out: list[list[Recommendation]] = []
         for b in range(B):
             if len(hist[b]) == 0 and not qs[b]:
@@ -156,7 +177,7 @@ class Recommender:
                 continue
             recs = []
             for j in range(kp):
-                if len(recs) == ks[b] or not np.isfinite(rank[b, j]):
+                if len(recs) == ks[b] or not np.isfinite(key[b, j]):
                     break
                 recs.append(Recommendation(self.item_ids[int(top_i[b, j]) - 1], len(recs) + 1, float(rank[b, j]),
                                            float(top_s[b, j])))

@@ -37,6 +37,9 @@ def _register() -> None:
     from ops import bench_online
 
     bench_online.register(app, bench_app)
+    from ops import bench_order
+
+    bench_order.register(app, bench_app)
 
 
 def main() -> None:

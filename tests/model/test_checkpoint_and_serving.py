@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from model.data import SequenceDataset, synthetic_dataset, train_popularity
 from model.evaluate import score_split
 from model.serving import Recommender
 from model.train import fit, model_config_for
-from tests.model.compare import tie_groups
+from tests.model.compare import joint_key, tie_groups
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +88,32 @@ def test_exclude_seen_never_returns_a_seen_item(trained: tuple[SequenceDataset, 
         assert len(recs) == 25
         assert not seen & {r.item_id for r in recs}
         assert [r.rank for r in recs] == list(range(1, 26))
-        scores = [r.score for r in recs]
-        assert scores == sorted(scores, reverse=True)
+        keys = [joint_key(r, rec.cfg.tau) for r in recs]  # the order: retrieval softmax × ranking probability
+        assert all(a >= b - 1e-4 for a, b in itertools.pairwise(keys))
     # without the exclusion, seen items do come back for at least some users (the test can fail)
     again = rec.recommend(hists, k=25, exclude_seen=False)
     assert any(
         {ds.item_ids[i - 1] for i in ds.items[u]} & {r.item_id for r in rs} for u, rs in zip(users, again, strict=True)
     )
+
+
+def test_each_serving_order_sorts_by_its_own_key(trained: tuple[SequenceDataset, Path]) -> None:
+    """joint: retrieval softmax × ranking probability; ranking: the ranking head alone; retrieval: the cosine."""
+    ds, path = trained
+    hists = _histories(Recommender.from_checkpoint(path), ds, range(20))
+    lists = {}
+    for order, key in (("joint", lambda r: joint_key(r, 0.05)), ("ranking", lambda r: r.score),
+                       ("retrieval", lambda r: r.retrieval_score)):
+        rec = Recommender.from_checkpoint(path, k_prime=60, order=order)
+        assert rec.cfg.tau == 0.05
+        lists[order] = rec.recommend(hists, k=10)
+        for recs in lists[order]:
+            keys = [key(r) for r in recs]
+            assert all(a >= b - 1e-4 for a, b in itertools.pairwise(keys)), order
+    ids = {o: [[r.item_id for r in recs] for recs in ls] for o, ls in lists.items()}
+    assert ids["joint"] != ids["ranking"] and ids["joint"] != ids["retrieval"]  # the key matters
+    with pytest.raises(ValueError, match="serving order"):
+        Recommender.from_checkpoint(path, order="random")  # type: ignore[arg-type]
 
 
 def test_batched_serving_equals_one_by_one(trained: tuple[SequenceDataset, Path]) -> None:
