@@ -90,9 +90,10 @@ class Trainer:
         h, cache = model.encode(batch)
         dev = h.device
         out = StepLosses(retrieval=None, ranking=None)
-        if self.uses_retrieval:
-            ret_target = torch.as_tensor(tb.ret_target, device=dev)
-            ret_mask = ret_target > 0
+        ret_target = torch.as_tensor(tb.ret_target, device=dev)
+        ret_mask = ret_target > 0
+        # A batch of one-event training windows has no next item: the mean over zero targets would be NaN.
+        if self.uses_retrieval and bool(ret_mask.any()):
             pos_ids = ret_target[ret_mask]  # [M]
             u = model.user_state(h[ret_mask])  # [M, D]
             table = model.output_item_table()
@@ -223,6 +224,8 @@ class Trainer:
         w = self.state.weighter
         assert w is not None
         tasks = [x for x in (lo.retrieval, lo.ranking) if x is not None]
+        if not tasks:
+            raise ValueError("the batch holds no retrieval target and no ranking label: nothing to learn from")
         if len(tasks) == 2:
             w.observe([tasks[0].item(), tasks[1].item()])
             if w.due():
@@ -305,6 +308,9 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
     rng = np.random.default_rng(tcfg.seed)
     users = eval_users(ds)
     lengths = split_lengths(ds, "train")
+    if not trainer.uses_ranking:
+        # A one-event training window holds no (event, next item) pair: retrieval alone learns nothing there.
+        users = users[lengths[users] >= 2]
     select = tcfg.select
     sched = plateau_scheduler(trainer.opt, tcfg)
     best, best_epoch, best_state, bad = -1.0, 0, copy.deepcopy(model.state_dict()), 0

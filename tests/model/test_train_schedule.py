@@ -107,3 +107,36 @@ def test_selecting_on_a_figure_the_data_cannot_give_is_a_clear_error() -> None:
                        select="auc")  # a retrieval-only run is never evaluated on AUC
     with pytest.raises(ValueError, match="no auc"):
         fit(ds, mcfg, tcfg, progress=False)
+
+
+def _with_short_users(n_short: int) -> object:
+    """The synthetic set with its first `n_short` users cut to 3 events: a one-event training window each
+    (events [:n-2]), as a time cut leaves many users of Amazon Beauty."""
+    ds = synthetic_dataset(n_users=80, n_items=40, events_per_user=12, seed=4)
+    cut = [3 if u < n_short else len(x) for u, x in enumerate(ds.items)]
+    return dataclasses.replace(ds, items=[x[:c] for x, c in zip(ds.items, cut, strict=True)],
+                               actions=[x[:c] for x, c in zip(ds.actions, cut, strict=True)],
+                               ts=[x[:c] for x, c in zip(ds.ts, cut, strict=True)])
+
+
+@pytest.mark.parametrize("task", ["retrieval", "joint"])
+def test_users_with_a_one_event_training_window_never_make_the_loss_nan(task: str) -> None:
+    ds = _with_short_users(40)
+    mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=12)
+    # Batches bucket users by length: with 40 short users and batches of 16, some batches are all short.
+    tcfg = TrainConfig(epochs=2, min_epochs=2, batch_size=16, lr=1e-2, uniform_negatives=16, inbatch_negatives=8,
+                       task=task)
+    res = fit(ds, mcfg, tcfg, progress=False)
+    assert all(np.isfinite(row["loss"]) for row in res.history), res.history
+
+
+def test_a_batch_without_a_next_item_has_no_retrieval_loss_and_retrieval_alone_refuses_it() -> None:
+    ds = _with_short_users(80)
+    mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=12)
+    tb = make_train_batch(ds, np.arange(16), split_lengths(ds, "train"), 12, mcfg.interleave_actions, None)
+    assert not (tb.ret_target > 0).any()
+    joint = Trainer(GenerativeRecommender(mcfg), TrainConfig(task="joint"))
+    lo = joint.losses(tb)
+    assert lo.retrieval is None and lo.ranking is not None and torch.isfinite(lo.ranking)
+    with pytest.raises(ValueError, match="nothing to learn"):
+        Trainer(GenerativeRecommender(mcfg), TrainConfig(task="retrieval")).step(tb)
