@@ -66,7 +66,7 @@ def restrict_users(ds: Any, n: int) -> Any:
 
 
 def train_base(ds: Any, out: Path, epochs: int) -> dict[str, Any]:
-    """The data set's preset on the prefix, one torch thread (oversubscribed 2-core box), saved to `out`."""
+    """The data set's preset on the prefix (at most `epochs`, its early stopping), one torch thread, saved."""
     import torch
 
     from model.checkpoint import save_checkpoint
@@ -111,7 +111,7 @@ class _Proc:
 
 
 def run_bench_online(dataset: str, data_dir: Path | None, *, events: int | None = None, users: int | None = None,
-                     wave: int = 1000, epochs: int = 10, work_dir: Path | None = None, windows: int = 10,
+                     wave: int = 1000, epochs: int | None = None, work_dir: Path | None = None, windows: int = 10,
                      partitions: int = 3, online_env: dict[str, str] | None = None,
                      plot: Path | None = None, progress: bool = True) -> dict[str, Any]:
     from model.data import load_dataset
@@ -132,6 +132,11 @@ def run_bench_online(dataset: str, data_dir: Path | None, *, events: int | None 
     n_eval = n_total - cutoff if events is None else min(events, n_total - cutoff)
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="genrec-bench-online-"))
     work.mkdir(parents=True, exist_ok=True)
+    if epochs is None:
+        # The preset's own budget and early stopping: an under-trained start would flatter the online model.
+        from model.presets import preset
+
+        epochs = preset(ds.name).train.epochs
     base = work / f"base-{ds.name}-{len(ds.user_ids)}u-{cutoff}-e{epochs}"
     base_info: dict[str, Any] = {}
     if not (base / "config.json").is_file():
@@ -363,6 +368,17 @@ async def _drive(bs: str, names: dict[str, str], ds: Any, procs: list[_Proc], ev
     return summarize(scores, cutoff, n_eval, serve_delays)
 
 
+def paired_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of b − a over paired requests and its 95 % bootstrap interval (requests resampled with replacement):
+    both models answer the same requests, so the pairing removes the requests' own difficulty from the noise."""
+    d = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+    if len(d) == 0:
+        return 0.0, 0.0, 0.0
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
+    boots = d[idx].mean(axis=1)
+    return float(d.mean()), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+
+
 def summarize(scores: list[dict[str, Any]], cutoff: int, n_eval: int, serve_delays: list[float],
               n_windows: int = 10) -> dict[str, Any]:
     def mean(key: str, rows: list[dict[str, Any]]) -> float | None:
@@ -375,12 +391,18 @@ def summarize(scores: list[dict[str, Any]], cutoff: int, n_eval: int, serve_dela
         windows.append({"events": [int(a), int(b)], "requests": len(rows),
                         "frozen_ndcg@10": mean("frozen_ndcg", rows), "online_ndcg@10": mean("online_ndcg", rows),
                         "frozen_hr@10": mean("frozen_hr", rows), "online_hr@10": mean("online_hr", rows)})
+    f = np.array([s["frozen_ndcg"] for s in scores])
+    o = np.array([s["online_ndcg"] for s in scores])
+    diff, lo, hi = paired_diff_ci(f, o)
     return {
         "requests": len(scores),
         "frozen_ndcg@10": mean("frozen_ndcg", scores), "online_ndcg@10": mean("online_ndcg", scores),
         "frozen_hr@10": mean("frozen_hr", scores), "online_hr@10": mean("online_hr", scores),
         "online_served_by_updated_model": round(float(np.mean([s["version"] is not None and "online" in s["version"]
                                                                for s in scores])), 3) if scores else None,
+        "online_minus_frozen_ndcg@10": {"mean": round(diff, 5), "ci95_paired_bootstrap": [round(lo, 5), round(hi, 5)],
+                                        "requests_online_better": int((o > f).sum()),
+                                        "requests_frozen_better": int((f > o).sum())},
         "windows": windows,
         "serve_delay": {
             "wave_events_sent_to_online_serving_s_mean": round(float(np.mean(serve_delays)), 2)
@@ -422,7 +444,8 @@ def register(app: Any, bench_app: Any) -> None:
         events: int | None = typer.Option(None, "--events", help="Evaluate only the first N events after the cut."),
         users: int | None = typer.Option(None, "--users", help="Only the first N users of the data set."),
         wave: int = typer.Option(1000, "--wave", help="Events per wave (requests are made before each wave)."),
-        epochs: int = typer.Option(10, "--epochs", help="Epochs of the starting model (on the first 70 %)."),
+        epochs: int | None = typer.Option(None, "--epochs", help="Epochs of the starting model on the first 70 % "
+                                          "(default: the data set preset's, with its early stopping)."),
         work_dir: Path | None = typer.Option(None, "--work-dir", help="Starting model, logs (reused across runs)."),
         plot: Path = typer.Option(Path("runs/bench-online.png"), "--plot", help="PNG of both NDCG@10 curves."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object last on stdout."),

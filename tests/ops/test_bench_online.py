@@ -39,6 +39,8 @@ def test_scoring_and_windows() -> None:
     assert s["frozen_ndcg@10"] == 0.0 and s["online_ndcg@10"] == 1.0 and s["requests"] == 10
     assert [w["requests"] for w in s["windows"]] == [10, 0] and s["windows"][1]["online_ndcg@10"] is None
     assert s["serve_delay"]["wave_events_sent_to_online_serving_s_mean"] == 2.0
+    gain = s["online_minus_frozen_ndcg@10"]
+    assert gain["mean"] == 1.0 and gain["requests_online_better"] == 10 and gain["requests_frozen_better"] == 0
 
 
 @pytest.mark.integration
@@ -65,3 +67,16 @@ def test_short_prequential_run_through_the_broker(tmp_path: Path) -> None:
     assert result["trainer"]["steps"] > 0 and result["trainer"]["rows_per_s"] > 0
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert len(result["windows"]) == 10
+
+
+def test_paired_difference_interval() -> None:
+    from ops.bench_online import paired_diff_ci
+
+    rng = np.random.default_rng(1)
+    a = rng.random(400)
+    mean, lo, hi = paired_diff_ci(a, a + 0.05)  # a constant gain: no spread at all
+    assert mean == pytest.approx(0.05) and lo == pytest.approx(0.05) and hi == pytest.approx(0.05)
+    b = a + rng.normal(0.0, 0.2, 400)  # no gain, noise only: the interval holds 0 and has the noise's width
+    mean, lo, hi = paired_diff_ci(a, b)
+    assert lo < 0.0 < hi and 0.02 < hi - lo < 0.06
+    assert paired_diff_ci(np.array([]), np.array([])) == (0.0, 0.0, 0.0)
