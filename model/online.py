@@ -264,7 +264,7 @@ class OnlineLearner:
     def evaluate(self, model: GenerativeRecommender, examples: Sequence[OnlineExample], k: int = 10
                  ) -> dict[str, float]:
         """NDCG@k / HR@k of each example's target in the list the worker would serve (retrieve, exclude
-        the history, rank with the ranking head), from the history before the target."""
+        the history, sort by the serving key of model/serving.py), from the history before the target."""
         from model.serving import Recommender
 
         if not examples:
