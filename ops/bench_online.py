@@ -85,6 +85,23 @@ def train_base(ds: Any, out: Path, epochs: int) -> dict[str, Any]:
     return {"prefix_test": test, "best_epoch": result.best_epoch, "train_seconds": result.train_seconds}
 
 
+def starting_model(ds: Any, u_of: np.ndarray, p_of: np.ndarray, cutoff: int, work: Path, epochs: int | None,
+                   say: Any = None) -> tuple[Path, dict[str, Any]]:
+    """The model trained on the first `cutoff` events, kept in `work` and reused by every bench that starts
+    from it. `epochs` None: the preset's budget and early stopping (an under-trained start would flatter
+    online learning)."""
+    if epochs is None:
+        from model.presets import preset
+
+        epochs = preset(ds.name).train.epochs
+    base = work / f"base-{ds.name}-{len(ds.user_ids)}u-{cutoff}-e{epochs}"
+    if (base / "config.json").is_file():
+        return base, {"reused": str(base)}
+    if say is not None:
+        say(f"training the starting model on the first {cutoff} of {len(u_of)} events (at most {epochs} epochs)")
+    return base, train_base(prefix_dataset(ds, u_of, p_of, cutoff), base, epochs)
+
+
 def ndcg_hr(items: list[str], target: str, k: int = 10) -> tuple[float, float]:
     for r, it in enumerate(items[:k]):
         if it == target:
@@ -132,18 +149,7 @@ def run_bench_online(dataset: str, data_dir: Path | None, *, events: int | None 
     n_eval = n_total - cutoff if events is None else min(events, n_total - cutoff)
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="genrec-bench-online-"))
     work.mkdir(parents=True, exist_ok=True)
-    if epochs is None:
-        # The preset's own budget and early stopping: an under-trained start would flatter the online model.
-        from model.presets import preset
-
-        epochs = preset(ds.name).train.epochs
-    base = work / f"base-{ds.name}-{len(ds.user_ids)}u-{cutoff}-e{epochs}"
-    base_info: dict[str, Any] = {}
-    if not (base / "config.json").is_file():
-        say(f"training the starting model on the first {cutoff} of {n_total} events ({epochs} epochs)")
-        base_info = train_base(prefix_dataset(ds, u_of, p_of, cutoff), base, epochs)
-    else:
-        base_info = {"reused": str(base)}
+    base, base_info = starting_model(ds, u_of, p_of, cutoff, work, epochs, say)
     say(f"starting model: {base}")
     store = work / f"store-{uuid.uuid4().hex[:6]}"
     tag = uuid.uuid4().hex[:6]

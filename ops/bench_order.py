@@ -22,7 +22,7 @@ import numpy as np
 ORDERS = ("joint", "ranking", "retrieval")
 
 
-def run_bench_order(dataset: str, data_dir: Path | None, *, work_dir: Path, epochs: int = 10,
+def run_bench_order(dataset: str, data_dir: Path | None, *, work_dir: Path, epochs: int | None = None,
                     users: int | None = None, max_requests: int | None = None, batch: int = 256) -> dict[str, Any]:
     import torch
 
@@ -30,7 +30,7 @@ def run_bench_order(dataset: str, data_dir: Path | None, *, work_dir: Path, epoc
     from model.data import load_dataset
     from model.serving import Recommender
     from model.tokens import Action, History
-    from ops.bench_online import global_order, prefix_dataset, restrict_users, train_base
+    from ops.bench_online import global_order, restrict_users, starting_model
 
     torch.set_num_threads(int(os.environ.get("GENREC_TORCH_THREADS", "1")))
     t0 = time.time()
@@ -39,9 +39,7 @@ def run_bench_order(dataset: str, data_dir: Path | None, *, work_dir: Path, epoc
         ds = restrict_users(ds, users)
     u_of, p_of, ts_of = global_order(ds)
     cutoff = int(0.7 * len(u_of))
-    base = work_dir / f"base-{ds.name}-{len(ds.user_ids)}u-{cutoff}-e{epochs}"  # the same as bench online's
-    if not (base / "config.json").is_file():
-        train_base(prefix_dataset(ds, u_of, p_of, cutoff), base, epochs)
+    base, _ = starting_model(ds, u_of, p_of, cutoff, work_dir, epochs)
     ckpt = load_checkpoint(base)
     if not ckpt.model.cfg.ranking_trained:
         raise ValueError(f"{dataset}: the model has no trained ranking head, every order is the retriever's")
@@ -83,7 +81,8 @@ def register(app: Any, bench_app: Any) -> None:
     def cmd(
         dataset: str = typer.Option("ml-100k", "--dataset"),
         data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding the data set (../shared/data)."),
-        epochs: int = typer.Option(10, "--epochs", help="Epochs of the starting model (on the first 70 %)."),
+        epochs: int | None = typer.Option(None, "--epochs", help="Epochs of the starting model on the first 70 % "
+                                          "(default: the preset's, with its early stopping)."),
         users: int | None = typer.Option(None, "--users", help="Only the first N users of the data set."),
         max_requests: int | None = typer.Option(None, "--max-requests", help="Only the first N clicks after the cut."),
         work_dir: Path = typer.Option(Path("runs/bench-online"), "--work-dir", help="Where the starting model is."),
