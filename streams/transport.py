@@ -185,25 +185,46 @@ class _Consumer(faust_aiokafka.Consumer):
 
 
 class _GenrecQueue(ThrowableQueue):
-    """A stream buffer that, when Faust empties it, has its dropped agent messages read again.
+    """A stream buffer that, when Faust empties it, has its dropped agent messages read again and keeps the
+    records of live standby partitions.
 
     `FlowControlEvent.resume()` empties every stream buffer, also when flow was already running: at the
     end of a recovery that follows a changelog restore, right after the seek to the committed offsets,
-    messages fetched after that seek are in the buffer and are thrown away.
+    messages fetched after that seek are in the buffer and are thrown away. The changelog buffer is one of
+    them: standby records fetched since the standbys resumed would be dropped while the consumer reads on
+    past them, and the standby copy would miss those updates for good (later records move its offset on).
     """
 
     app: Any = None
 
+    def _live_standbys(self) -> set[TP]:
+        """Standby partitions whose buffered records are still wanted: only on a resume (a revoke empties
+        the buffers while flow is suspended, and recovery then seeks them again) and while still assigned."""
+        app = self.app
+        if app is None or not self._flow_control.is_active():  # type: ignore[attr-defined]
+            return set()
+        try:
+            return set(app.tables.recovery.standby_tps) & set(app.consumer.assignment())
+        except ConsumerNotStarted:
+            return set()
+
     def clear(self) -> None:
         app = self.app
         dropped: dict[TP, int] = {}
+        kept: list[Any] = []
         if app is not None:
+            standbys = self._live_standbys()
             for item in self._queue:  # type: ignore[attr-defined]
                 message = getattr(item, "message", None)
-                if message is not None and message.topic in app.agent_acked_topics:
+                if message is None:
+                    continue
+                if message.topic in app.agent_acked_topics:
                     tp = message.tp
                     dropped[tp] = min(dropped.get(tp, message.offset), message.offset)
+                elif message.tp in standbys:
+                    kept.append(item)  # in fetch order: the standby applies them as if never emptied
         super().clear()
+        self._queue.extend(kept)  # type: ignore[attr-defined]
         if dropped:
             app.consumer.reread_dropped(dropped)
 

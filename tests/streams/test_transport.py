@@ -115,3 +115,28 @@ def test_messages_emptied_from_a_stream_buffer_are_read_again(monkeypatch) -> No
     assert queue.empty()
     assert seeks == [(tp, 32)]  # back to the committed offset: all below it is finished
     assert consumer._read_offset[tp] == 32
+
+
+def test_records_of_live_standby_partitions_survive_the_resume_that_ends_a_recovery(monkeypatch) -> None:
+    """Faust's changelog buffer is emptied on every resume; a standby's records fetched since the standbys
+    resumed would be lost to it for good (the consumer reads on past them). They are kept, in order."""
+    app, consumer = _consumer(set())
+    standby, active, revoked = TP("t-changelog", 1), TP("t-changelog", 0), TP("t-changelog", 2)
+    queue = app.FlowControlQueue(maxsize=10, clear_on_resume=True)  # what Faust's changelog buffer is
+
+    def fill() -> None:
+        for tp, offset in ((standby, 7), (active, 3), (standby, 8), (revoked, 1), (standby, 9)):
+            message = Message(tp.topic, tp.partition, offset, 0.0, 0, {}, b"k", b"v", None)
+            queue.put_nowait(type("Ev", (), {"message": message})())
+
+    app.tables.recovery.standby_tps.update({standby, revoked})
+    monkeypatch.setattr(consumer, "assignment", lambda: {standby, active})  # t-changelog[2] went elsewhere
+    fill()
+    app.flow_control.resume()  # the resume at the end of a recovery: flow runs on
+    kept = [(e.message.tp, e.message.offset) for e in queue._queue]
+    assert kept == [(standby, 7), (standby, 8), (standby, 9)]
+    # A revoke empties the buffers with flow suspended; the recovery that follows seeks every standby again.
+    app.flow_control.suspend()
+    fill()
+    app.flow_control.clear()
+    assert queue.empty()
