@@ -6,11 +6,25 @@ Heavy imports (torch, faust) stay inside the command functions so that `genrec -
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="genrec: generative retrieve-and-rank")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each prints one JSON object last on stdout.")
 app.add_typer(bench_app, name="bench")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@bench_app.callback()
+def _bench_stops_what_it_started() -> None:
+    """SIGTERM unwinds a benchmark like Ctrl-C, so the `finally` blocks that stop the brokers and workers it
+    started run; by default SIGTERM ends Python at once and leaves them running."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _register() -> None:

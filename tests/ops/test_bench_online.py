@@ -80,3 +80,73 @@ def test_paired_difference_interval() -> None:
     mean, lo, hi = paired_diff_ci(a, b)
     assert lo < 0.0 < hi and 0.02 < hi - lo < 0.06
     assert paired_diff_ci(np.array([]), np.array([])) == (0.0, 0.0, 0.0)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (Linux)."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for k in map(int, kids):
+                if k not in out:
+                    out.add(k)
+                    todo.append(k)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_stops_the_broker_and_the_workers_the_bench_started(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from ops.bench_stream import genrec_command
+    from ops.broker import BrokerBinaryNotFoundError, tansu_binary
+
+    try:
+        tansu_binary()
+    except BrokerBinaryNotFoundError as exc:
+        pytest.skip(f"embedded broker unavailable: {exc}")
+    log = tmp_path / "bench.log"
+    started: set[int] = set()
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [*genrec_command(), "bench", "online", "--dataset", "synthetic", "--users", "40", "--events", "400",
+             "--wave", "100", "--epochs", "1", "--work-dir", str(tmp_path), "--plot", str(tmp_path / "p.png")],
+            stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        t0 = time.monotonic()
+        while "workers ready" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() - t0 < 240, "the bench never got its workers ready"
+            time.sleep(0.5)
+        started = _descendants(proc.pid)
+        assert len(started) >= 4, started  # the broker and three workers, at least
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=90)
+        t1 = time.monotonic()
+        while any(_alive(p) for p in started) and time.monotonic() - t1 < 30:
+            time.sleep(0.5)
+        left = {p for p in started if _alive(p)}
+        assert not left, f"still running after the bench ended: {left}"
+    finally:
+        for p in [proc.pid, *started]:
+            if _alive(p):  # a failed run must not leave its broker and workers behind for the next tests
+                os.kill(p, signal.SIGKILL)

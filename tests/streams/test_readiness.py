@@ -10,22 +10,19 @@ very list the same model gives in this process for the value written last to the
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from ops.bench_stream import genrec_command, http_get
 from ops.cluster import LocalCluster
-from ops.topics import COMPACT, TopicSpec, create_topics
 from schemas.messages import RecRequest, RecResult, encode
-from streams import history_codec
-from tests.streams.conftest import FAST_GROUP_ENV, Topics, read_until, values
+from tests.streams.conftest import FAST_GROUP_ENV, read_until, values
+from tests.streams.prefilled import PROBE_ITEMS, expected_items, prefill_history_changelog
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -33,45 +30,11 @@ N_USERS = 6_000
 NOW = int(time.time() * 1000) - 3_600_000
 
 
-def _write_changelog(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    """One record per produce batch: Faust's recovery trusts the broker's end offsets (design.md §6)."""
-    from ops.kafka_clients import make_producer
-
-    async def main() -> None:
-        p = make_producer(bootstrap, one_record_batches=True, linger_ms=0)
-        await p.start()
-        try:
-            futs = [await p.send(topic, key=k, value=v) for k, v in records]
-            await asyncio.gather(*futs)
-        finally:
-            await p.stop()
-
-    asyncio.run(main())
-
-
 def test_ready_is_false_while_the_table_recovers_and_true_with_the_history_in_place(
     bootstrap: str, checkpoint: Path, tmp_path: Path
 ) -> None:
-    partitions = int(FAST_GROUP_ENV["GENREC_PARTITIONS"])
-    topics = Topics.unique()
-    app_id = f"genrec-ready-{uuid.uuid4().hex[:8]}"
-    changelog = f"{app_id}-user_history-changelog"
-    specs = [TopicSpec(t, partitions) for t in (topics.events, topics.requests, topics.results, topics.deadletter)]
-    asyncio.run(create_topics(bootstrap, [*specs, TopicSpec(changelog, partitions, configs=COMPACT)]))
-
-    codec = history_codec.HistoryCodec(200, 64)
-    records = []
-    for i in range(N_USERS):
-        h = codec.append(None, event_id=f"e{i}", item_id=str(1 + i % 300), action=1, ts_ms=NOW)
-        assert h is not None
-        records.append((f"bulk{i}".encode(), h))
-    probe: bytes | None = None
-    for j, item in enumerate(["5", "17", "42", "99", "123"]):
-        probe = codec.append(probe, event_id=f"p{j}", item_id=item, action=1, ts_ms=NOW + 1000 * j)
-    assert probe is not None
-    records.append((b"probe", probe))  # the last value: recovery must read to the end
-    _write_changelog(bootstrap, changelog, records)
-
+    filled = prefill_history_changelog(bootstrap, "genrec-ready", N_USERS, NOW)  # the probe's value written last
+    topics, app_id, changelog = filled.topics, filled.app_id, filled.changelog
     env = {**FAST_GROUP_ENV, **topics.env()}
     cluster = LocalCluster(bootstrap, checkpoint, tmp_path, app_id, env)
     try:
@@ -125,12 +88,5 @@ def test_ready_is_false_while_the_table_recovers_and_true_with_the_history_in_pl
     finally:
         cluster.stop_all()
 
-    from streams.serving import InferenceInput, InferenceRunner, load_recommender
-
-    runner = InferenceRunner(load_recommender(checkpoint), torch_threads=1)
-    try:
-        (expected,) = runner.infer_sync([InferenceInput(req, probe)])
-    finally:
-        runner.close()
-    assert [i.item_id for i in result.items] == [r.item_id for r in expected]
-    assert not {i.item_id for i in result.items} & {"5", "17", "42", "99", "123"}
+    assert [i.item_id for i in result.items] == expected_items(checkpoint, req, filled.probe)
+    assert not {i.item_id for i in result.items} & set(PROBE_ITEMS)

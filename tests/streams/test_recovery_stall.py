@@ -11,19 +11,16 @@ the same model gives for the value written last. Without the watch's seek the wo
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from ops.bench_stream import scrape
 from ops.cluster import LocalCluster
-from ops.topics import COMPACT, TopicSpec, create_topics
 from schemas.messages import RecRequest, RecResult, encode
-from streams import history_codec
-from tests.streams.conftest import FAST_GROUP_ENV, Topics, produce, read_until, values
+from tests.streams.conftest import FAST_GROUP_ENV, produce, read_until, values
+from tests.streams.prefilled import expected_items, prefill_history_changelog
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -34,45 +31,12 @@ NOW = int(time.time() * 1000) - 3_600_000
 INJECT = Path(__file__).parent / "inject"
 
 
-def _write_changelog(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> tuple[int, int]:
-    """One record per produce batch (design.md §6); the (partition, offset) of the last record."""
-    from ops.kafka_clients import make_producer
-
-    async def main() -> tuple[int, int]:
-        p = make_producer(bootstrap, one_record_batches=True, linger_ms=0)
-        await p.start()
-        try:
-            futs = [await p.send(topic, key=k, value=v) for k, v in records]
-            meta = await asyncio.gather(*futs)
-        finally:
-            await p.stop()
-        return meta[-1].partition, meta[-1].offset
-
-    return asyncio.run(main())
-
-
 def test_a_restore_that_lost_records_is_noticed_sought_back_and_completed(
     bootstrap: str, checkpoint: Path, tmp_path: Path
 ) -> None:
-    partitions = int(FAST_GROUP_ENV["GENREC_PARTITIONS"])
-    topics = Topics.unique()
-    app_id = f"genrec-stall-{uuid.uuid4().hex[:8]}"
-    changelog = f"{app_id}-user_history-changelog"
-    specs = [TopicSpec(t, partitions) for t in (topics.events, topics.requests, topics.results, topics.deadletter)]
-    asyncio.run(create_topics(bootstrap, [*specs, TopicSpec(changelog, partitions, configs=COMPACT)]))
-
-    codec = history_codec.HistoryCodec(200, 64)
-    records = []
-    for i in range(N_USERS):
-        h = codec.append(None, event_id=f"e{i}", item_id=str(1 + i % 300), action=1, ts_ms=NOW)
-        assert h is not None
-        records.append((f"bulk{i}".encode(), h))
-    probe: bytes | None = None
-    for j, item in enumerate(["5", "17", "42", "99", "123"]):
-        probe = codec.append(probe, event_id=f"p{j}", item_id=item, action=1, ts_ms=NOW + 1000 * j)
-    assert probe is not None
-    records.append((b"probe", probe))
-    partition, offset = _write_changelog(bootstrap, changelog, records)
+    filled = prefill_history_changelog(bootstrap, "genrec-stall", N_USERS, NOW)
+    topics, app_id, changelog = filled.topics, filled.app_id, filled.changelog
+    partition, offset = filled.partition, filled.offset
     assert offset >= LOST, "too few records on the probe's partition to lose a range before it"
 
     env = {
@@ -107,11 +71,5 @@ def test_a_restore_that_lost_records_is_noticed_sought_back_and_completed(
     finally:
         cluster.stop_all()
 
-    from streams.serving import InferenceInput, InferenceRunner, load_recommender
-
-    runner = InferenceRunner(load_recommender(checkpoint), torch_threads=1)
-    try:
-        (expected,) = runner.infer_sync([InferenceInput(req, probe)])
-    finally:
-        runner.close()
-    assert [i.item_id for i in result.items] == [r.item_id for r in expected]  # restored, not an empty history
+    # Restored, not an empty history: the very list of the value written last.
+    assert [i.item_id for i in result.items] == expected_items(checkpoint, req, filled.probe)
