@@ -203,8 +203,11 @@ class _GenrecQueue(ThrowableQueue):
         app = self.app
         if app is None or not self._flow_control.is_active():  # type: ignore[attr-defined]
             return set()
+        recovery = getattr(app.tables, "_recovery", None)  # not created yet: no standby either
+        if recovery is None:
+            return set()
         try:
-            return set(app.tables.recovery.standby_tps) & set(app.consumer.assignment())
+            return set(recovery.standby_tps) & set(app.consumer.assignment())
         except ConsumerNotStarted:
             return set()
 
