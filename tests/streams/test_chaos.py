@@ -29,6 +29,7 @@ import pytest
 from ops.bench_stream import wait_ready
 from schemas.messages import Event, RecRequest, RecResult, encode
 from streams import history_codec
+from tests.conftest import new_embedded_broker
 from tests.streams.conftest import Topics, WorkerHandle, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -220,13 +221,7 @@ def test_sigkill_at_random_moments_loses_nothing(worker_factory) -> None:
 
 @pytest.fixture
 def own_broker() -> Iterator[object]:
-    from ops.broker import BrokerBinaryNotFoundError, EmbeddedBroker, tansu_binary
-
-    try:
-        tansu_binary()
-    except BrokerBinaryNotFoundError as exc:
-        pytest.skip(f"embedded broker unavailable: {exc}")
-    b = EmbeddedBroker()
+    b = new_embedded_broker()
     b.start()
     try:
         yield b
