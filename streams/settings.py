@@ -99,7 +99,7 @@ class StreamSettings(BaseSettings):
     request_timeout_s: float = Field(default=40.0, gt=0)
     commit_interval_s: float = Field(default=1.0, gt=0)
     # A changelog restore with no progress for this long is logged and its partition re-fetched (recovery_watch).
-    recovery_stall_s: float = Field(default=20.0, gt=0)
+    recovery_stall_s: float = Field(default=10.0, gt=0)
     # One RocksDB (with its own cache) per table per partition (§6b): keep partitions × this small.
     rocksdb_block_cache_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
 
