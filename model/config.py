@@ -103,6 +103,12 @@ class TrainConfig(_Config):
     lr_decay: float = Field(default=1.0, gt=0.0, le=1.0)
     lr_decay_patience: int = Field(default=3, ge=1)
     min_lr: float = Field(default=1e-5, ge=0.0)
+    # Epochs after which the LR is multiplied by lr_decay (MultiStepLR); when set, they replace the plateau decay.
+    lr_milestones: list[int] = Field(default_factory=list, max_length=32)
+    # The final refit (HSTU's ML-1M protocol trains on all but each user's last event): train on every event but
+    # the test target, the validation target included, for exactly `epochs` epochs with no validation, and keep
+    # the last epoch. Take `epochs` and `lr_milestones` from a validated run of the same config.
+    refit: bool = False
     # Sequence models sit on a popularity plateau for the first hundreds of steps: never stop before this.
     min_epochs: int = Field(default=10, ge=1)
     # Sample a random window end for users with more than L events (uses the whole history over epochs).

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from model.backbone import HistoryCache
@@ -273,11 +273,36 @@ class FitResult:
 
 
 def plateau_scheduler(opt: torch.optim.Optimizer, tcfg: TrainConfig) -> ReduceLROnPlateau | None:
-    """Decay the learning rate when the validation metric (higher is better) stops rising; None when off."""
-    if tcfg.lr_decay >= 1.0:
+    """Decay the learning rate when the validation metric (higher is better) stops rising; None when off
+    (or when fixed milestones replace it)."""
+    if tcfg.lr_decay >= 1.0 or tcfg.lr_milestones:
         return None
     return ReduceLROnPlateau(opt, mode="max", factor=tcfg.lr_decay, patience=tcfg.lr_decay_patience,
                              min_lr=tcfg.min_lr)
+
+
+def milestone_scheduler(opt: torch.optim.Optimizer, tcfg: TrainConfig) -> MultiStepLR | None:
+    """LR × lr_decay after each epoch listed in lr_milestones (stepped once per epoch); None when none."""
+    if not tcfg.lr_milestones:
+        return None
+    return MultiStepLR(opt, milestones=sorted(tcfg.lr_milestones), gamma=tcfg.lr_decay)
+
+
+def refit_schedule(history: list[dict[str, float]], best_epoch: int) -> dict[str, object]:
+    """TrainConfig fields that replay a validated run up to its best epoch on train + validation (a refit):
+    its epoch count, starting LR and the epochs after which its LR fell (one constant factor)."""
+    if not 1 <= best_epoch <= len(history):
+        raise ValueError(f"best epoch {best_epoch} is not in the run's {len(history)}-epoch history")
+    lrs = [float(row["lr"]) for row in history[:best_epoch]]
+    milestones = [e for e in range(1, best_epoch) if lrs[e] != lrs[e - 1]]
+    factors = {round(lrs[e] / lrs[e - 1], 6) for e in milestones}
+    if len(factors) > 1:
+        raise ValueError(f"the LR fell by different factors {sorted(factors)} (a min_lr floor?): "
+                         "lr_milestones with one lr_decay cannot replay it")
+    out: dict[str, object] = {"refit": True, "epochs": best_epoch, "lr": lrs[0], "lr_milestones": milestones}
+    if factors:
+        out["lr_decay"] = factors.pop()
+    return out
 
 
 def selection_metric(select: str, task: str, valid: dict[str, float]) -> str:
@@ -295,11 +320,21 @@ def selection_score(valid: dict[str, float], name: str) -> float:
     return valid.get(name, float("nan"))
 
 
+def _say(msg: str, progress: bool) -> None:
+    if progress:
+        tqdm.write(msg)
+    else:
+        print(msg, file=sys.stderr, flush=True)
+
+
 def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np.ndarray | None = None,
         progress: bool = True, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         search: SearchData | None = None,
         on_best: Callable[[GenerativeRecommender, dict[str, float]], None] | None = None) -> FitResult:
-    """Train on the leave-one-out training part; early-stop on the validation targets; keep the best."""
+    """Train on the leave-one-out training part; early-stop on the validation targets; keep the best.
+
+    With `tcfg.refit`: train on every event but the test targets for exactly `tcfg.epochs` epochs, no
+    validation (its targets are training data then), and keep the last epoch."""
     set_seed(tcfg.seed)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
@@ -307,12 +342,14 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
     trainer = Trainer(model, tcfg)
     rng = np.random.default_rng(tcfg.seed)
     users = eval_users(ds)
-    lengths = split_lengths(ds, "train")
+    # The test split's input lengths end just before each test target: the validation target becomes training data.
+    lengths = split_lengths(ds, "test" if tcfg.refit else "train")
     if not trainer.uses_ranking:
         # A one-event training window holds no (event, next item) pair: retrieval alone learns nothing there.
         users = users[lengths[users] >= 2]
     select = tcfg.select
     sched = plateau_scheduler(trainer.opt, tcfg)
+    steps = milestone_scheduler(trainer.opt, tcfg)
     best, best_epoch, best_state, bad = -1.0, 0, copy.deepcopy(model.state_dict()), 0
     history: list[dict[str, float]] = []
     tokens, train_seconds = 0, 0.0
@@ -335,9 +372,21 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
             n += 1
             bar.set_postfix(loss=f"{out['loss']:.3f}")
         train_seconds += time.perf_counter() - t0  # validation time does not count toward throughput
+        row = {"epoch": epoch, "lr": trainer.opt.param_groups[0]["lr"], **{k: v / max(n, 1) for k, v in sums.items()}}
+        if steps is not None:
+            steps.step()
+        if tcfg.refit:
+            history.append(row)
+            if on_epoch:
+                on_epoch(epoch, row)
+            _say(f"epoch {epoch}: loss {row['loss']:.4f}  (refit, no validation; {train_seconds:.0f} s training "
+                 "so far)", progress)
+            best_epoch = epoch
+            if on_best:
+                on_best(model, row)
+            continue
         valid = evaluate(model, ds, "valid", tcfg.eval_batch_size, search, tcfg.eval_exclude_seen)
-        row = {"epoch": epoch, "lr": trainer.opt.param_groups[0]["lr"], **{k: v / max(n, 1) for k, v in sums.items()},
-               **{f"valid_{k}": v for k, v in valid.items()}}
+        row.update({f"valid_{k}": v for k, v in valid.items()})
         history.append(row)
         if on_epoch:
             on_epoch(epoch, row)
@@ -345,12 +394,8 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
         score = selection_score(valid, name)
         if not np.isfinite(score):
             raise ValueError(f"select={select!r}: validation gives no {name} here (it has {sorted(valid)})")
-        msg = (f"epoch {epoch}: loss {row['loss']:.4f}  valid {name} {score:.4f}  "
-               f"({train_seconds:.0f} s training so far)")
-        if progress:
-            tqdm.write(msg)
-        else:
-            print(msg, file=sys.stderr, flush=True)
+        _say(f"epoch {epoch}: loss {row['loss']:.4f}  valid {name} {score:.4f}  "
+             f"({train_seconds:.0f} s training so far)", progress)
         if sched is not None:
             sched.step(score)
         if score > best:
@@ -362,6 +407,8 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
             bad += 1
             if bad >= tcfg.patience and epoch >= tcfg.min_epochs:
                 break
+    if tcfg.refit:
+        return FitResult(model, best_epoch, {}, history, train_seconds, tokens / max(train_seconds, 1e-9), epoch)
     model.load_state_dict(best_state)
     best_valid = {k.removeprefix("valid_"): v for k, v in history[best_epoch - 1].items() if k.startswith("valid_")}
     return FitResult(model, best_epoch, best_valid, history, train_seconds, tokens / max(train_seconds, 1e-9), epoch)

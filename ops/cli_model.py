@@ -58,14 +58,25 @@ def train(
     search: Annotated[bool | None, typer.Option("--search/--no-search", help="joint search + recommendation")] = None,
     text_encoder: Annotated[str | None, typer.Option(help="minilm | hashed (query and item text encoder)")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    refit_from: Annotated[Path | None, typer.Option(
+        "--refit-from", help="checkpoint of a validated run with the same settings: retrain from scratch on train + "
+        "validation for its best epoch count and LR steps, no early stopping (HSTU's ML-1M protocol)")] = None,
 ) -> None:
     """Train on the leave-one-out training part, early-stop on validation, evaluate on test, save."""
     from model.checkpoint import save_checkpoint
     from model.data import load_dataset, train_popularity
-    from model.train import fit_and_test
+    from model.train import fit_and_test, refit_schedule
 
-    flags = {"task": task, "enhancer.enabled": enhancer, "weighter.mode": weighting, "search.enabled": search,
-             "search.encoder": text_encoder}
+    flags: dict[str, Any] = {"task": task, "enhancer.enabled": enhancer, "weighter.mode": weighting,
+                             "search.enabled": search, "search.encoder": text_encoder}
+    if refit_from is not None:
+        try:
+            done = json.loads((refit_from / "metrics.json").read_text())
+            flags.update(refit_schedule(done["history"], int(done["best_epoch"])))
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise typer.BadParameter(f"{refit_from}: no finished validated run to refit from ({e})") from e
+        if epochs is not None:
+            raise typer.BadParameter("--refit-from sets the epochs (the validated run's best epoch); drop --epochs")
     run = load_run_config(dataset, config, epochs, flags)
     ds = load_dataset(dataset, data_dir)
     model_over = dict(run.model)
@@ -115,6 +126,8 @@ def eval_cmd(
     from model.evaluate import evaluate
 
     ckpt = load_checkpoint(checkpoint)
+    if split == "valid" and ckpt.meta.get("train", {}).get("refit"):
+        raise typer.BadParameter(f"{checkpoint} is a refit: it trained on the validation targets; evaluate on test")
     ds = load_dataset(dataset, data_dir)
     if ds.item_ids != ckpt.item_ids:
         raise typer.BadParameter(f"checkpoint {checkpoint} was trained on another item vocabulary than {dataset}")

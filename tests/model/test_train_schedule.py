@@ -140,3 +140,83 @@ def test_a_batch_without_a_next_item_has_no_retrieval_loss_and_retrieval_alone_r
     assert lo.retrieval is None and lo.ranking is not None and torch.isfinite(lo.ranking)
     with pytest.raises(ValueError, match="nothing to learn"):
         Trainer(GenerativeRecommender(mcfg), TrainConfig(task="retrieval")).step(tb)
+
+
+def test_milestones_step_the_learning_rate_after_the_listed_epochs() -> None:
+    ds = synthetic_dataset(n_users=40, n_items=30, events_per_user=12, seed=3)
+    mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=12)
+    tcfg = TrainConfig(epochs=5, min_epochs=5, patience=5, batch_size=32, lr=1e-2, uniform_negatives=16,
+                       inbatch_negatives=8, lr_decay=0.5, lr_milestones=[2, 4], lr_decay_patience=1)
+    assert plateau_scheduler(_opt(), tcfg) is None  # fixed steps replace the plateau rule
+    res = fit(ds, mcfg, tcfg, progress=False)
+    assert [row["lr"] for row in res.history] == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3])
+
+
+def test_refit_trains_on_the_validation_target_and_never_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.train as train_mod
+
+    ds = synthetic_dataset(n_users=40, n_items=30, events_per_user=12, seed=3)
+    mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=12)
+    seen_lengths: list[np.ndarray] = []
+    real_batch = train_mod.make_train_batch
+
+    def spy_batch(ds_: object, users: np.ndarray, lengths: np.ndarray, *a: object, **kw: object) -> object:
+        seen_lengths.append(lengths)
+        return real_batch(ds_, users, lengths, *a, **kw)  # type: ignore[arg-type]
+
+    def no_eval(*a: object, **kw: object) -> None:
+        raise AssertionError("a refit must not evaluate: the validation targets are its training data")
+
+    monkeypatch.setattr(train_mod, "make_train_batch", spy_batch)
+    monkeypatch.setattr(train_mod, "evaluate", no_eval)
+    kept: list[int] = []
+    tcfg = TrainConfig(epochs=3, min_epochs=1, patience=1, batch_size=16, lr=1e-2, uniform_negatives=16,
+                       inbatch_negatives=8, refit=True)
+    res = fit(ds, mcfg, tcfg, progress=False, on_best=lambda m, row: kept.append(int(row["epoch"])))
+    # Input windows end just before each test target, so the validation target (event n−2) is a training target.
+    assert seen_lengths and all(np.array_equal(x, split_lengths(ds, "test")) for x in seen_lengths)
+    assert (split_lengths(ds, "test") == np.array([len(x) for x in ds.items]) - 1).all()
+    assert res.epochs_run == 3 and res.best_epoch == 3 and res.best_valid == {} and kept == [1, 2, 3]
+    assert not any(k.startswith("valid_") for row in res.history for k in row)
+
+
+def test_a_normal_run_never_trains_on_the_validation_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.train as train_mod
+
+    ds = synthetic_dataset(n_users=30, n_items=30, events_per_user=10, seed=4)
+    mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=10)
+    seen: list[np.ndarray] = []
+    real_batch = train_mod.make_train_batch
+    monkeypatch.setattr(train_mod, "make_train_batch",
+                        lambda ds_, users, lengths, *a, **kw: (seen.append(lengths), real_batch(ds_, users, lengths,
+                                                                                               *a, **kw))[1])
+    fit(ds, mcfg, TrainConfig(epochs=1, min_epochs=1, batch_size=16, uniform_negatives=8, inbatch_negatives=8),
+        progress=False)
+    assert seen and all(np.array_equal(x, split_lengths(ds, "valid")) for x in seen)
+
+
+def test_refit_schedule_reads_the_epochs_and_lr_steps_up_to_the_best_epoch() -> None:
+    from model.train import refit_schedule
+
+    lrs = [3e-3] * 30 + [9e-4] * 7 + [2.7e-4] * 6 + [8.1e-5] * 4
+    history = [{"epoch": i + 1, "lr": lr} for i, lr in enumerate(lrs)]
+    assert refit_schedule(history, 39) == {"refit": True, "epochs": 39, "lr": 3e-3, "lr_milestones": [30, 37],
+                                           "lr_decay": 0.3}
+    assert refit_schedule(history, 12) == {"refit": True, "epochs": 12, "lr": 3e-3, "lr_milestones": []}
+    floored = [{"epoch": 1, "lr": 1.0}, {"epoch": 2, "lr": 0.5}, {"epoch": 3, "lr": 0.4}]
+    with pytest.raises(ValueError, match="different factors"):
+        refit_schedule(floored, 3)
+    with pytest.raises(ValueError, match="not in the run"):
+        refit_schedule(history, 60)
+    # What it returns is a valid config, and its milestones reproduce the LRs it read.
+    cfg = TrainConfig(**{k: v for k, v in refit_schedule(history, 39).items()})  # type: ignore[arg-type]
+    from model.train import milestone_scheduler
+
+    opt = _opt(cfg.lr)
+    sched = milestone_scheduler(opt, cfg)
+    assert sched is not None
+    replay = []
+    for _ in range(39):
+        replay.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert replay == pytest.approx(lrs[:39])

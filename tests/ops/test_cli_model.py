@@ -35,3 +35,30 @@ def test_train_and_eval_report_search_metrics_and_keep_the_item_text_cache(tmp_p
     # Reused, not recomputed: the same single file, untouched.
     assert sorted(out.glob("item_text_*.npy")) == cached and cached[0].stat().st_mtime_ns == stamp
 
+
+
+def test_refit_from_replays_the_validated_runs_schedule_and_refuses_validation(tmp_path: Path) -> None:
+    app, runner = _app(), CliRunner()
+    first, refit = tmp_path / "validated", tmp_path / "refit"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"train": {"lr_milestones": [1], "lr_decay": 0.5, "min_epochs": 3, "patience": 3}}))
+    ran = runner.invoke(app, ["train", "--dataset", "synthetic", "--out", str(first), "--epochs", "3", "--config",
+                              str(cfg), "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    done = json.loads((first / "metrics.json").read_text())
+    ran = runner.invoke(app, ["train", "--dataset", "synthetic", "--out", str(refit), "--config", str(cfg),
+                              "--refit-from", str(first), "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    again = json.loads((refit / "metrics.json").read_text())
+    assert again["epochs_run"] == done["best_epoch"] and again["valid"] == {}
+    assert [r["lr"] for r in again["history"]] == [r["lr"] for r in done["history"][: done["best_epoch"]]]
+    train_cfg = json.loads((refit / "config.json").read_text())["train"]
+    assert train_cfg["refit"] is True
+    bad = runner.invoke(app, ["eval", "--checkpoint", str(refit), "--dataset", "synthetic", "--split", "valid"],
+                        env={"COLUMNS": "400"})
+    assert bad.exit_code != 0 and "trained on the validation targets" in bad.output, bad.output
+    assert runner.invoke(app, ["eval", "--checkpoint", str(refit), "--dataset", "synthetic", "--json"]).exit_code == 0
+    # A checkpoint without a finished run's history (here: none at all) is refused with the reason.
+    nothing = runner.invoke(app, ["train", "--dataset", "synthetic", "--out", str(tmp_path / "x"), "--refit-from",
+                                  str(tmp_path / "missing"), "--no-progress"], env={"COLUMNS": "400"})
+    assert nothing.exit_code != 0 and "no finished validated run" in nothing.output, nothing.output
