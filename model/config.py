@@ -29,6 +29,10 @@ class ModelConfig(_Config):
     time_period_max_s: float = 2 * 365 * 86_400.0
     tau: float = Field(default=0.05, gt=0.0)  # retrieval softmax temperature
     rank_hidden: int = Field(default=64, ge=1)
+    # The ranker reads the retriever's judgement: the ranking logit adds β·s(u, i), the item's retrieval score from
+    # the state just before it (detached, so ranking never bends retrieval), β learned from 0. Off in checkpoints
+    # made before it existed.
+    rank_retrieval_feature: bool = False
     query_dim: int = Field(default=0, ge=0)  # 0: no query tokens; else the text encoder's dimension
     text_dim: int = Field(default=0, ge=0)  # 0: ID-only items; else frozen item-text features are projected in
     # Serving ranks by the ranking head only if it was trained; else by the retrieval score.

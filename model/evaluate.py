@@ -59,7 +59,7 @@ def score_split(model: GenerativeRecommender, ds: SequenceDataset, split: str, b
         dev = h.device
         cand = torch.as_tensor(tgt, device=dev)[:, None]
         cand_ts = torch.as_tensor(tgt_ts, device=dev)[:, None]
-        logits.append(model.score_candidates(cand, cand_ts, cache)[:, 0].float().cpu().numpy())
+        logits.append(model.score_candidates(cand, cand_ts, cache, user=h[:, -1])[:, 0].float().cpu().numpy())
         labels.append(lab)
     model.train(was_training)
     return {"users": users, "ranks": _cat(ranks), "logits": _cat(logits), "labels": _cat(labels)}
@@ -90,11 +90,11 @@ def heldout_pair_logits(model: GenerativeRecommender, ds: SequenceDataset, batch
         t_item = np.array([ds.items[u][lengths[u] + 1] for u in ub], np.int64)
         t_ts = np.array([ds.ts[u][lengths[u] + 1] for u in ub], np.int64)
         t_lab = np.array([feedback_label(ds.actions[u][lengths[u] + 1 : lengths[u] + 2])[0] for u in ub])
-        _, cache = model.encode(model.to_tensors(tb))
+        h, cache = model.encode(model.to_tensors(tb))
         dev = cache.key_valid.device
         cand = torch.as_tensor(np.stack([v_item, t_item], 1), device=dev)
         cand_ts = torch.as_tensor(np.stack([v_ts, t_ts], 1), device=dev)
-        logits.append(model.score_candidates(cand, cand_ts, cache).float().cpu().numpy().ravel())
+        logits.append(model.score_candidates(cand, cand_ts, cache, user=h[:, -1]).float().cpu().numpy().ravel())
         labels.append(np.stack([v_lab, t_lab], 1).ravel())
         groups.append(np.repeat(ub, 2))
     model.train(was_training)

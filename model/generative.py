@@ -6,7 +6,7 @@ query tokens for personalized search (SynerGen).
                                         { W_q·q                        at query tokens
     h = Backbone(x, timestamps)
     retrieval:  s(u, i) = <ĥ_t, ê_i> / τ            at action/query tokens (ˆ = L2-normalised)
-    ranking:    p(y=1 | i) = σ(MLP(h_t))             at item tokens
+    ranking:    p(y=1 | i) = σ(MLP(h_t) [+ β·sg(s(u_{t−1}, i))])   at item tokens (β: rank_retrieval_feature)
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class GenerativeRecommender(nn.Module):
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.backbone = build_backbone(cfg)
         self.rank_head = nn.Sequential(nn.Linear(D, cfg.rank_hidden), nn.GELU(), nn.Linear(cfg.rank_hidden, 1))
+        self.rank_retrieval_gain = nn.Parameter(torch.zeros(())) if cfg.rank_retrieval_feature else None
         # One scale for every embedding table: with nn.Embedding's N(0, 1) default, the token-kind vector
         # (identical for all items) would outweigh the item's own vector eightfold and drown its identity.
         for emb in (self.item_emb, self.action_emb, self.kind_emb):
@@ -119,15 +120,30 @@ class GenerativeRecommender(nn.Module):
     def user_state(self, h: Tensor) -> Tensor:
         return F.normalize(h, dim=-1)
 
-    def rank_logits(self, h: Tensor) -> Tensor:
-        return self.rank_head(h).squeeze(-1)
+    def rank_logits(self, h: Tensor, affinity: Tensor | None = None) -> Tensor:
+        """Ranking logits of item-token outputs h [..., D]; affinity [...]: the items' retrieval scores s(u, i)
+        from the state before them (`affinity`), required when the model has rank_retrieval_feature."""
+        logit = self.rank_head(h).squeeze(-1)
+        if self.rank_retrieval_gain is None:
+            return logit
+        if affinity is None:
+            raise ValueError("this model's ranker reads the retrieval score: pass the items' affinity")
+        return logit + self.rank_retrieval_gain * affinity.detach()
 
-    def score_candidates(self, items: Tensor, ts: Tensor, cache: HistoryCache, prefix_len: Tensor | None = None
-                         ) -> Tensor:
-        """Ranking logits of candidate items [B, C] appended after the cached history at times ts [B, C]."""
+    def affinity(self, user: Tensor, items: Tensor) -> Tensor:
+        """Retrieval scores s(u, i) = <û, ê_i>/τ of candidates items [B, C] for states user [B, D] → [B, C]."""
+        e = F.normalize(self.item_vectors(items), dim=-1)
+        return (e * self.user_state(user).unsqueeze(1)).sum(-1) / self.cfg.tau
+
+    def score_candidates(self, items: Tensor, ts: Tensor, cache: HistoryCache, prefix_len: Tensor | None = None,
+                         user: Tensor | None = None) -> Tensor:
+        """Ranking logits of candidate items [B, C] appended after the cached history at times ts [B, C].
+
+        user [B, D]: the history's last output (the retrieval state), which a rank_retrieval_feature model needs."""
         x = self.kind_emb.weight[Kind.ITEM] + self.item_vectors(items)
         h = self.backbone.forward_candidates(x, ts, cache, prefix_len)
-        return self.rank_logits(h)
+        aff = self.affinity(user, items) if self.rank_retrieval_gain is not None and user is not None else None
+        return self.rank_logits(h, aff)
 
     def to_tensors(self, tb: TokenBatch) -> dict[str, Tensor]:
         dev = self.item_emb.weight.device

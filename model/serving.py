@@ -167,7 +167,7 @@ class Recommender:
         top_s, top_i = scores.topk(kp, dim=1)  # [B, K']
         if self.cfg.ranking_trained:
             cand_ts = torch.as_tensor(now_s, device=scores.device)[:, None].expand(B, kp)
-            logit = self.model.score_candidates(top_i, cand_ts, cache)
+            logit = self.model.score_candidates(top_i, cand_ts, cache, user=h[:, -1])
             rank = torch.sigmoid(logit)
             key = serving_key(top_s, logit, self.cfg.tau, self.order)
         else:

@@ -141,7 +141,7 @@ class Trainer:
                 out.soft = soft_loss.item()
             out.retrieval = loss
             if imp_ids is not None and self.uses_ranking:
-                out.impression_ranking = self._impression_ranking(cache, tb, ret_mask, imp_ids)
+                out.impression_ranking = self._impression_ranking(cache, tb, ret_mask, imp_ids, h)
         if self.uses_ranking:
             kind = batch["kind"]
             is_item = kind == Kind.ITEM
@@ -149,14 +149,24 @@ class Trainer:
             idx = torch.argsort((~is_item).to(torch.int8), dim=1, stable=True)[:, :P]  # item positions first
             labels = torch.as_tensor(tb.rank_label, device=dev).gather(1, idx)
             labels = labels.masked_fill(~is_item.gather(1, idx), -1)
-            logits = model.rank_logits(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])))
+            aff = self._teacher_forced_affinity(h, batch).gather(1, idx) if model.rank_retrieval_gain is not None \
+                else None
+            logits = model.rank_logits(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])), aff)
             out.ranking = ranking_loss(logits, labels, cfg.bpr_weight)
             if out.impression_ranking is not None:
                 out.ranking = out.ranking + out.impression_ranking
         return out
 
-    def _impression_ranking(self, cache: HistoryCache, tb: TrainBatch, ret_mask: Tensor, imp_ids: Tensor
-                            ) -> Tensor | None:
+    def _teacher_forced_affinity(self, h: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """s(u_{t−1}, i_t) at every position [B, T]: each token's item scored from the previous token's state, as
+        serving scores a candidate from the history's last state; 0 where no real token precedes."""
+        with torch.no_grad():
+            items, prev_real = batch["item"][:, 1:], batch["kind"][:, :-1] != Kind.PAD
+            s = self.model.affinity(h[:, :-1].reshape(-1, h.shape[-1]), items.reshape(-1, 1)).view_as(items)
+            return F.pad(s.masked_fill(~prev_real, 0.0), (1, 0))
+
+    def _impression_ranking(self, cache: HistoryCache, tb: TrainBatch, ret_mask: Tensor, imp_ids: Tensor,
+                            h: Tensor) -> Tensor | None:
         """BCE (label 0) of the shown-not-clicked items scored as serving scores them: candidates appended
         after the history up to the retrieval position, at the target's time."""
         has = (imp_ids > 0).any(dim=1)
@@ -165,7 +175,7 @@ class Trainer:
         b_idx, pos = ret_mask.nonzero(as_tuple=True)
         b_idx, pos, ids = b_idx[has], pos[has], imp_ids[has]
         ts = torch.as_tensor(tb.target_ts, device=ids.device)[b_idx, pos][:, None].expand_as(ids)
-        logits = self.model.score_candidates(ids, ts, cache.select(b_idx), prefix_len=pos + 1)
+        logits = self.model.score_candidates(ids, ts, cache.select(b_idx), prefix_len=pos + 1, user=h[b_idx, pos])
         valid = ids > 0
         return F.binary_cross_entropy_with_logits(logits[valid], torch.zeros_like(logits[valid]))
 
@@ -200,7 +210,8 @@ class Trainer:
                 # Candidates take the next event's time: what the request time would be when serving.
                 cand_ts = target_ts[b_idx, pos][:, None].expand(-1, k)
                 sub_cache = cache.select(b_idx)
-                probs = torch.sigmoid(model.score_candidates(top_i, cand_ts, sub_cache, prefix_len=pos + 1))
+                probs = torch.sigmoid(model.score_candidates(top_i, cand_ts, sub_cache, prefix_len=pos + 1,
+                                                             user=h[b_idx, pos]))
                 sel = select_targets(top_i, top_s, probs, target[b_idx, pos], e.hard_negatives, e.hard_max_prob,
                                      e.alpha)
                 rows = row_of[b_idx, pos]
