@@ -33,6 +33,9 @@ class ModelConfig(_Config):
     # the state just before it (detached, so ranking never bends retrieval), β learned from 0. Off in checkpoints
     # made before it existed.
     rank_retrieval_feature: bool = False
+    # A per-item ranking bias b_i (biased-MF style), read only by the ranker: an item's overall appeal gets its own
+    # parameter instead of competing with retrieval for the shared item embedding. Off in older checkpoints.
+    rank_item_bias: bool = False
     query_dim: int = Field(default=0, ge=0)  # 0: no query tokens; else the text encoder's dimension
     text_dim: int = Field(default=0, ge=0)  # 0: ID-only items; else frozen item-text features are projected in
     # Serving ranks by the ranking head only if it was trained; else by the retrieval score.

@@ -6,7 +6,8 @@ query tokens for personalized search (SynerGen).
                                         { W_q·q                        at query tokens
     h = Backbone(x, timestamps)
     retrieval:  s(u, i) = <ĥ_t, ê_i> / τ            at action/query tokens (ˆ = L2-normalised)
-    ranking:    p(y=1 | i) = σ(MLP(h_t) [+ β·sg(s(u_{t−1}, i))])   at item tokens (β: rank_retrieval_feature)
+    ranking:    p(y=1 | i) = σ(MLP(h_t) [+ β·sg(s(u_{t−1}, i))] [+ b_i])   at item tokens
+                (β: rank_retrieval_feature, b_i: rank_item_bias)
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ class GenerativeRecommender(nn.Module):
         self.backbone = build_backbone(cfg)
         self.rank_head = nn.Sequential(nn.Linear(D, cfg.rank_hidden), nn.GELU(), nn.Linear(cfg.rank_hidden, 1))
         self.rank_retrieval_gain = nn.Parameter(torch.zeros(())) if cfg.rank_retrieval_feature else None
+        self.rank_bias = nn.Embedding(cfg.num_items + 1, 1) if cfg.rank_item_bias else None
         # One scale for every embedding table: with nn.Embedding's N(0, 1) default, the token-kind vector
         # (identical for all items) would outweigh the item's own vector eightfold and drown its identity.
         for emb in (self.item_emb, self.action_emb, self.kind_emb):
             nn.init.normal_(emb.weight, std=D**-0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
+            if self.rank_bias is not None:
+                self.rank_bias.weight.zero_()
 
     @property
     def has_text_match(self) -> bool:
@@ -120,10 +124,15 @@ class GenerativeRecommender(nn.Module):
     def user_state(self, h: Tensor) -> Tensor:
         return F.normalize(h, dim=-1)
 
-    def rank_logits(self, h: Tensor, affinity: Tensor | None = None) -> Tensor:
-        """Ranking logits of item-token outputs h [..., D]; affinity [...]: the items' retrieval scores s(u, i)
-        from the state before them (`affinity`), required when the model has rank_retrieval_feature."""
+    def rank_logits(self, h: Tensor, affinity: Tensor | None = None, items: Tensor | None = None) -> Tensor:
+        """Ranking logits of item-token outputs h [..., D] of items [...]; affinity [...]: the items' retrieval
+        scores s(u, i) from the state before them (`affinity`), required with rank_retrieval_feature; items are
+        required with rank_item_bias."""
         logit = self.rank_head(h).squeeze(-1)
+        if self.rank_bias is not None:
+            if items is None:
+                raise ValueError("this model has per-item ranking biases: pass the items")
+            logit = logit + self.rank_bias(items).squeeze(-1)
         if self.rank_retrieval_gain is None:
             return logit
         if affinity is None:
@@ -143,7 +152,7 @@ class GenerativeRecommender(nn.Module):
         x = self.kind_emb.weight[Kind.ITEM] + self.item_vectors(items)
         h = self.backbone.forward_candidates(x, ts, cache, prefix_len)
         aff = self.affinity(user, items) if self.rank_retrieval_gain is not None and user is not None else None
-        return self.rank_logits(h, aff)
+        return self.rank_logits(h, aff, items)
 
     def to_tensors(self, tb: TokenBatch) -> dict[str, Tensor]:
         dev = self.item_emb.weight.device

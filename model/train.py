@@ -151,7 +151,8 @@ class Trainer:
             labels = labels.masked_fill(~is_item.gather(1, idx), -1)
             aff = self._teacher_forced_affinity(h, batch).gather(1, idx) if model.rank_retrieval_gain is not None \
                 else None
-            logits = model.rank_logits(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])), aff)
+            logits = model.rank_logits(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])), aff,
+                                       batch["item"].gather(1, idx))
             out.ranking = ranking_loss(logits, labels, cfg.bpr_weight)
             if out.impression_ranking is not None:
                 out.ranking = out.ranking + out.impression_ranking

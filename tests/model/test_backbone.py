@@ -156,24 +156,27 @@ def test_fused_candidate_attention_equals_the_reference_with_an_empty_history_ro
 def test_the_ranker_reads_the_retrieval_score_alike_in_training_and_serving(
     tiny_cfg: object, make_batch: MakeBatch
 ) -> None:
-    """rank_retrieval_feature: the teacher-forced logit of an item token (training) equals the logit of the same
-    item scored as a candidate after the history before it (serving), and β·s(u, i) is really in it."""
+    """rank_retrieval_feature and rank_item_bias: the teacher-forced logit of an item token (training) equals the
+    logit of the same item scored as a candidate after the history before it (serving), and β·s(u, i) + b_i is
+    really in it."""
     from model.config import ModelConfig, TrainConfig
     from model.train import Trainer
 
     assert isinstance(tiny_cfg, ModelConfig)
     torch.manual_seed(0)
-    model = GenerativeRecommender(tiny_cfg.model_copy(update={"rank_retrieval_feature": True})).eval()
-    assert model.rank_retrieval_gain is not None
+    model = GenerativeRecommender(tiny_cfg.model_copy(update={"rank_retrieval_feature": True,
+                                                             "rank_item_bias": True})).eval()
+    assert model.rank_retrieval_gain is not None and model.rank_bias is not None
     with torch.no_grad():
         model.rank_retrieval_gain.fill_(0.7)
+        model.rank_bias.weight.normal_()
     full = make_batch(model, [7])
     item_pos = (full["kind"][0] == Kind.ITEM).nonzero().flatten()
     p = int(item_pos[-1])  # the last item token: its history is every token before it
     with torch.no_grad():
         h, _ = model.encode(full)
         aff = Trainer(model, TrainConfig())._teacher_forced_affinity(h, full)
-        teacher = model.rank_logits(h[:, p], aff[:, p])
+        teacher = model.rank_logits(h[:, p], aff[:, p], full["item"][:, p])
         prefix = {k: v[:, :p] for k, v in full.items()}
         hp, cache = model.encode(prefix)
         cand, ts = full["item"][:, p : p + 1], full["ts"][:, p : p + 1]
@@ -184,5 +187,6 @@ def test_the_ranker_reads_the_retrieval_score_alike_in_training_and_serving(
     assert torch.allclose(served[:, 0], teacher, atol=1e-5)
     expected_aff = (torch.nn.functional.normalize(hp[:, -1], dim=-1)
                     * torch.nn.functional.normalize(model.item_vectors(cand[:, 0]), dim=-1)).sum(-1) / tiny_cfg.tau
-    assert torch.allclose(teacher - plain, 0.7 * expected_aff, atol=1e-5)
+    bias = model.rank_bias.weight[cand[:, 0], 0]
+    assert torch.allclose(teacher - plain, 0.7 * expected_aff + bias, atol=1e-5)
     assert float(aff[0, 0]) == 0.0  # nothing precedes the first token
