@@ -21,6 +21,8 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no_enhancer": ({"enhancer": {"enabled": False}}, {}),
     "static_weights": ({"weighter": {"mode": "static"}}, {}),
     "no_time_rope": ({}, {"time_rope": False}),
+    # The ranker without its own inputs: no retrieval score β·s(u, i), no per-item bias.
+    "plain_ranker": ({}, {"rank_retrieval_feature": False, "rank_item_bias": False}),
     "retrieval_only": ({"task": "retrieval"}, {}),
     "ranking_only": ({"task": "ranking"}, {}),
 }

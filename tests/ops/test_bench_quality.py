@@ -22,3 +22,16 @@ def test_table_shows_std_only_where_measured() -> None:
                                      "popular": {"ndcg@10": 0.02}}})
     assert "| genrec | 0.0300 ± 0.0100 |" in table
     assert "| popular | 0.0200 |" in table
+
+
+def test_every_ablation_is_a_valid_config_that_changes_the_preset() -> None:
+    from model.config import ModelConfig, TrainConfig
+    from model.presets import preset
+    from ops.bench_quality import ABLATIONS, _merge
+
+    base = preset("ml-100k")
+    for name, (t_over, m_over) in ABLATIONS.items():
+        tcfg = TrainConfig(**_merge(base.train.model_dump(), t_over))
+        mcfg = ModelConfig(num_items=10, **{**base.model, **m_over})
+        changed = tcfg != base.train or mcfg != ModelConfig(num_items=10, **base.model)
+        assert changed, f"ablation {name} trains the preset unchanged"
