@@ -144,6 +144,14 @@ class GenerativeRecommender(nn.Module):
         e = F.normalize(self.item_vectors(items), dim=-1)
         return (e * self.user_state(user).unsqueeze(1)).sum(-1) / self.cfg.tau
 
+    def teacher_forced_affinity(self, h: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """s(u_{t−1}, i_t) at every position [B, T] of outputs h [B, T, D]: each token's item scored from the previous
+        token's state, as serving scores a candidate from the history's last state; 0 where no real token precedes."""
+        with torch.no_grad():
+            items, prev_real = batch["item"][:, 1:], batch["kind"][:, :-1] != Kind.PAD
+            s = self.affinity(h[:, :-1].reshape(-1, h.shape[-1]), items.reshape(-1, 1)).view_as(items)
+            return F.pad(s.masked_fill(~prev_real, 0.0), (1, 0))
+
     def score_candidates(self, items: Tensor, ts: Tensor, cache: HistoryCache, prefix_len: Tensor | None = None,
                          user: Tensor | None = None) -> Tensor:
         """Ranking logits of candidate items [B, C] appended after the cached history at times ts [B, C].

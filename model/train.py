@@ -149,7 +149,7 @@ class Trainer:
             idx = torch.argsort((~is_item).to(torch.int8), dim=1, stable=True)[:, :P]  # item positions first
             labels = torch.as_tensor(tb.rank_label, device=dev).gather(1, idx)
             labels = labels.masked_fill(~is_item.gather(1, idx), -1)
-            aff = self._teacher_forced_affinity(h, batch).gather(1, idx) if model.rank_retrieval_gain is not None \
+            aff = model.teacher_forced_affinity(h, batch).gather(1, idx) if model.rank_retrieval_gain is not None \
                 else None
             logits = model.rank_logits(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])), aff,
                                        batch["item"].gather(1, idx))
@@ -157,14 +157,6 @@ class Trainer:
             if out.impression_ranking is not None:
                 out.ranking = out.ranking + out.impression_ranking
         return out
-
-    def _teacher_forced_affinity(self, h: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        """s(u_{t−1}, i_t) at every position [B, T]: each token's item scored from the previous token's state, as
-        serving scores a candidate from the history's last state; 0 where no real token precedes."""
-        with torch.no_grad():
-            items, prev_real = batch["item"][:, 1:], batch["kind"][:, :-1] != Kind.PAD
-            s = self.model.affinity(h[:, :-1].reshape(-1, h.shape[-1]), items.reshape(-1, 1)).view_as(items)
-            return F.pad(s.masked_fill(~prev_real, 0.0), (1, 0))
 
     def _impression_ranking(self, cache: HistoryCache, tb: TrainBatch, ret_mask: Tensor, imp_ids: Tensor,
                             h: Tensor) -> Tensor | None:
@@ -419,9 +411,8 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
             bad += 1
             if bad >= tcfg.patience and epoch >= tcfg.min_epochs:
                 break
-    if tcfg.refit:
-        return FitResult(model, best_epoch, {}, history, train_seconds, tokens / max(train_seconds, 1e-9), epoch)
-    model.load_state_dict(best_state)
+    if not tcfg.refit:  # a refit keeps its last epoch
+        model.load_state_dict(best_state)
     best_valid = {k.removeprefix("valid_"): v for k, v in history[best_epoch - 1].items() if k.startswith("valid_")}
     return FitResult(model, best_epoch, best_valid, history, train_seconds, tokens / max(train_seconds, 1e-9), epoch)
 

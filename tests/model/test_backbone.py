@@ -159,8 +159,7 @@ def test_the_ranker_reads_the_retrieval_score_alike_in_training_and_serving(
     """rank_retrieval_feature and rank_item_bias: the teacher-forced logit of an item token (training) equals the
     logit of the same item scored as a candidate after the history before it (serving), and β·s(u, i) + b_i is
     really in it."""
-    from model.config import ModelConfig, TrainConfig
-    from model.train import Trainer
+    from model.config import ModelConfig
 
     assert isinstance(tiny_cfg, ModelConfig)
     torch.manual_seed(0)
@@ -175,7 +174,7 @@ def test_the_ranker_reads_the_retrieval_score_alike_in_training_and_serving(
     p = int(item_pos[-1])  # the last item token: its history is every token before it
     with torch.no_grad():
         h, _ = model.encode(full)
-        aff = Trainer(model, TrainConfig())._teacher_forced_affinity(h, full)
+        aff = model.teacher_forced_affinity(h, full)
         teacher = model.rank_logits(h[:, p], aff[:, p], full["item"][:, p])
         prefix = {k: v[:, :p] for k, v in full.items()}
         hp, cache = model.encode(prefix)

@@ -152,22 +152,31 @@ def test_milestones_step_the_learning_rate_after_the_listed_epochs() -> None:
     assert [row["lr"] for row in res.history] == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3])
 
 
+def _spy_batch_lengths(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """The `lengths` (input window ends) of every training batch `fit` makes from now on."""
+    import model.train as train_mod
+
+    seen: list[np.ndarray] = []
+    real_batch = train_mod.make_train_batch
+
+    def spy_batch(ds_: object, users: np.ndarray, lengths: np.ndarray, *a: object, **kw: object) -> object:
+        seen.append(lengths)
+        return real_batch(ds_, users, lengths, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_mod, "make_train_batch", spy_batch)
+    return seen
+
+
 def test_refit_trains_on_the_validation_target_and_never_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     import model.train as train_mod
 
     ds = synthetic_dataset(n_users=40, n_items=30, events_per_user=12, seed=3)
     mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=12)
-    seen_lengths: list[np.ndarray] = []
-    real_batch = train_mod.make_train_batch
-
-    def spy_batch(ds_: object, users: np.ndarray, lengths: np.ndarray, *a: object, **kw: object) -> object:
-        seen_lengths.append(lengths)
-        return real_batch(ds_, users, lengths, *a, **kw)  # type: ignore[arg-type]
+    seen_lengths = _spy_batch_lengths(monkeypatch)
 
     def no_eval(*a: object, **kw: object) -> None:
         raise AssertionError("a refit must not evaluate: the validation targets are its training data")
 
-    monkeypatch.setattr(train_mod, "make_train_batch", spy_batch)
     monkeypatch.setattr(train_mod, "evaluate", no_eval)
     kept: list[int] = []
     tcfg = TrainConfig(epochs=3, min_epochs=1, patience=1, batch_size=16, lr=1e-2, uniform_negatives=16,
@@ -181,15 +190,9 @@ def test_refit_trains_on_the_validation_target_and_never_validates(monkeypatch: 
 
 
 def test_a_normal_run_never_trains_on_the_validation_target(monkeypatch: pytest.MonkeyPatch) -> None:
-    import model.train as train_mod
-
     ds = synthetic_dataset(n_users=30, n_items=30, events_per_user=10, seed=4)
     mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=10)
-    seen: list[np.ndarray] = []
-    real_batch = train_mod.make_train_batch
-    monkeypatch.setattr(train_mod, "make_train_batch",
-                        lambda ds_, users, lengths, *a, **kw: (seen.append(lengths), real_batch(ds_, users, lengths,
-                                                                                               *a, **kw))[1])
+    seen = _spy_batch_lengths(monkeypatch)
     fit(ds, mcfg, TrainConfig(epochs=1, min_epochs=1, batch_size=16, uniform_negatives=8, inbatch_negatives=8),
         progress=False)
     assert seen and all(np.array_equal(x, split_lengths(ds, "valid")) for x in seen)
