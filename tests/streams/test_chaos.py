@@ -133,7 +133,7 @@ def _check_exactly_once(hist: dict[str, history_codec.RawHistory], replay: Repla
         h = hist.get(u)
         assert h is not None, f"user {u} has no history\n{w.log_tail()}"
         assert (h.item_ids, h.ts_ms.tolist()) == ([i for i, _ in evs], [t for _, t in evs]), (
-            f"user {u}: history differs from the events sent once each (seed {SEED})"
+            f"user {u}: history differs from the events sent once each (seed {SEED})\n{w.log_tail()}"
         )
 
 
