@@ -40,24 +40,61 @@ class ModelConfig(_Config):
     text_dim: int = Field(default=0, ge=0)  # 0: ID-only items; else frozen item-text features are projected in
     # Serving ranks by the ranking head only if it was trained; else by the retrieval score.
     ranking_trained: bool = True
+    # What the ranking head's served logit predicts. "feedback": positive feedback on a consumed item (rating ≥ 4,
+    # click vs impression), learned at the history's item tokens (checkpoints made before candidate training).
+    # "next": that a candidate from the retrieval top-K' is the user's next item, learned in candidate slots
+    # (model/candidates.py), as serving asks it. With "next" and feedback labels a second output unit keeps
+    # predicting feedback (AUC/GAUC), so the two questions do not fight over one logit.
+    rank_task: Literal["feedback", "next"] = "feedback"
+    feedback_channel: bool = False
+    # The candidates' sort key at serving time (model/serving.py `serving_key`), picked on the validation split
+    # after training (model/train.py `select_serving_order`).
+    serving_order: Literal["joint", "ranking", "retrieval"] = "joint"
+
+    @property
+    def rank_outputs(self) -> int:
+        return 2 if self.rank_task == "next" and self.feedback_channel else 1
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
 
+class CandidateConfig(_Config):
+    """The ranker trained on what it will be asked to rank (model/candidates.py): at a few retrieval positions per
+    user, the model's own retrieval top-K' (refreshed every step, seen items left out as served) is appended in
+    candidate slots; the label is whether the candidate is the next item. Loss: pointwise BCE + listwise softmax
+    cross-entropy within the same context (SynerGen's hybrid ranking loss)."""
+
+    k_prime: int = Field(default=200, ge=2)  # the serving default
+    # Negatives: the `top` highest-retrieved, always taken, + `sampled` drawn uniformly from the rest of the top-K'.
+    # Uniform by default, so the candidates look like serving's (all of the top-K'): forcing the highest in skewed
+    # the negatives above the target's retrieval score, and the ranker learned to invert the retrieval order.
+    top: int = Field(default=0, ge=0)
+    sampled: int = Field(default=64, ge=0)
+    positions_per_user: int = Field(default=2, ge=1)
+    listwise_weight: float = Field(default=1.0, ge=0.0)
+    # Train also on contexts whose target the retriever missed (the target joins the candidates). Off: serving never
+    # asks about such items, and with them in, the positive is the one low-retrieval-score item among high-score
+    # negatives, so the ranker learned to prefer what retrieval scored low (seen: served NDCG@10 fell to ~0.01).
+    include_missed: bool = False
+
+
 class EnhancerConfig(_Config):
-    """Ranking-driven enhancer (UniGRF): the ranker's judgement of retrieved items feeds back into retrieval."""
+    """Ranking-driven enhancer (UniGRF): the ranker's judgement of the retrieved top-K' moves the retrieval head.
+
+    In the candidate contexts of model/candidates.py the ranker's distribution over the candidates, softmax(r/T)
+    (detached), is distilled into the retriever's distribution over the same candidates, softmax(s/τ):
+    L_distill = KL(p_rank ‖ p_ret), weighted by `weight` (UniGRF's enhancer feeds the ranker's preference back into
+    retrieval; appending its negatives as softmax columns did nothing under the exact softmax, which has them)."""
+
+    # Train configs saved before the redesign carry the old hard-negative fields: read them, ignore them.
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
     enabled: bool = True
-    warmup_steps: int = Field(default=200, ge=0)
-    period: int = Field(default=4, ge=1)  # run on every `period`-th step after warm-up
-    k_prime: int = Field(default=50, ge=1)  # retrieval top-K' scored by the ranker
-    hard_negatives: int = Field(default=4, ge=0)  # m
-    hard_max_prob: float = Field(default=0.5, ge=0.0, le=1.0)  # a hard negative's ranking prob is below this
-    alpha: float = Field(default=0.85, ge=0.0, le=1.0)  # soft positives: ranking prob ≥ α
-    soft_weight: float = Field(default=0.1, ge=0.0)
-    positions_per_user: int = Field(default=4, ge=1)
+    weight: float = Field(default=0.5, ge=0.0)
+    temperature: float = Field(default=1.0, gt=0.0)
+    warmup_steps: int = Field(default=200, ge=0)  # the ranker first has to learn something worth distilling
 
 
 class WeighterConfig(_Config):
@@ -122,9 +159,12 @@ class TrainConfig(_Config):
     random_crop: bool = True
     seed: int = 42
     threads: int = Field(default=0, ge=0)  # 0: torch's default
+    # "auto": a CUDA GPU when torch sees one, else the CPU. Results are not bit-identical across devices.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(default=256, ge=1)
     # Validation and test leave each user's seen items out of the full ranking (SASRec's and HSTU's protocol).
     eval_exclude_seen: bool = True
+    candidates: CandidateConfig = CandidateConfig()
     enhancer: EnhancerConfig = EnhancerConfig()
     weighter: WeighterConfig = WeighterConfig()
     search: SearchConfig = SearchConfig()

@@ -6,8 +6,17 @@ query tokens for personalized search (SynerGen).
                                         { W_q·q                        at query tokens
     h = Backbone(x, timestamps)
     retrieval:  s(u, i) = <ĥ_t, ê_i> / τ            at action/query tokens (ˆ = L2-normalised)
-    ranking:    p(y=1 | i) = σ(MLP(h_t) [+ β·sg(s(u_{t−1}, i))] [+ b_i])   at item tokens
+    ranking:    p(y=1 | i) = σ(MLP(h_t) [+ β·sg(s(u_{t−1}, i))] [+ b_i])   at item tokens and candidate slots
                 (β: rank_retrieval_feature, b_i: rank_item_bias)
+
+y is "the candidate is the next item" for rank_task="next" (trained on the retrieval top-K' in candidate slots,
+model/candidates.py); a second output unit (feedback_channel) then predicts feedback (rating ≥ 4, click vs
+impression). Older checkpoints have one unit that predicts feedback.
+
+References: UniGRF — Zhang et al., "Killing Two Birds with One Stone: Unifying Retrieval and Ranking with a Single
+Generative Recommendation Model", SIGIR 2025 (arXiv 2504.16454); SynerGen — "SynerGen: Contextualized Generative
+Recommender for Unified Search and Recommendation" (arXiv 2509.21777); SASRec — Kang & McAuley, ICDM 2018
+(arXiv 1808.09781); HSTU — Zhai et al., ICML 2024 (arXiv 2402.17152).
 """
 
 from __future__ import annotations
@@ -46,9 +55,10 @@ class GenerativeRecommender(nn.Module):
         self.text_match_gain = nn.Parameter(torch.tensor(1.0)) if self.has_text_match else None
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.backbone = build_backbone(cfg)
-        self.rank_head = nn.Sequential(nn.Linear(D, cfg.rank_hidden), nn.GELU(), nn.Linear(cfg.rank_hidden, 1))
+        R = cfg.rank_outputs
+        self.rank_head = nn.Sequential(nn.Linear(D, cfg.rank_hidden), nn.GELU(), nn.Linear(cfg.rank_hidden, R))
         self.rank_retrieval_gain = nn.Parameter(torch.zeros(())) if cfg.rank_retrieval_feature else None
-        self.rank_bias = nn.Embedding(cfg.num_items + 1, 1) if cfg.rank_item_bias else None
+        self.rank_bias = nn.Embedding(cfg.num_items + 1, R) if cfg.rank_item_bias else None
         # One scale for every embedding table: with nn.Embedding's N(0, 1) default, the token-kind vector
         # (identical for all items) would outweigh the item's own vector eightfold and drown its identity.
         for emb in (self.item_emb, self.action_emb, self.kind_emb):
@@ -124,20 +134,32 @@ class GenerativeRecommender(nn.Module):
     def user_state(self, h: Tensor) -> Tensor:
         return F.normalize(h, dim=-1)
 
-    def rank_logits(self, h: Tensor, affinity: Tensor | None = None, items: Tensor | None = None) -> Tensor:
-        """Ranking logits of item-token outputs h [..., D] of items [...]; affinity [...]: the items' retrieval
-        scores s(u, i) from the state before them (`affinity`), required with rank_retrieval_feature; items are
-        required with rank_item_bias."""
-        logit = self.rank_head(h).squeeze(-1)
+    def rank_outputs(self, h: Tensor, items: Tensor | None = None) -> Tensor:
+        """Every ranking output unit of item-token outputs h [..., D] → [..., R] (MLP + per-item bias)."""
+        out = self.rank_head(h)
         if self.rank_bias is not None:
             if items is None:
                 raise ValueError("this model has per-item ranking biases: pass the items")
-            logit = logit + self.rank_bias(items).squeeze(-1)
+            out = out + self.rank_bias(items)
+        return out
+
+    def rank_logits(self, h: Tensor, affinity: Tensor | None = None, items: Tensor | None = None) -> Tensor:
+        """The served ranking logit of item-token outputs h [..., D] of items [...]; affinity [...]: the items'
+        retrieval scores s(u, i) from the state before them (`affinity`), required with rank_retrieval_feature;
+        items are required with rank_item_bias."""
+        logit = self.rank_outputs(h, items)[..., 0]
         if self.rank_retrieval_gain is None:
             return logit
         if affinity is None:
             raise ValueError("this model's ranker reads the retrieval score: pass the items' affinity")
         return logit + self.rank_retrieval_gain * affinity.detach()
+
+    def feedback_logits(self, h: Tensor, affinity: Tensor | None = None, items: Tensor | None = None) -> Tensor:
+        """The logit of positive feedback on a consumed item (AUC/GAUC): the second unit when the served one
+        predicts the next item, else the served logit itself."""
+        if self.cfg.rank_outputs == 2:
+            return self.rank_outputs(h, items)[..., 1]
+        return self.rank_logits(h, affinity, items)
 
     def affinity(self, user: Tensor, items: Tensor) -> Tensor:
         """Retrieval scores s(u, i) = <û, ê_i>/τ of candidates items [B, C] for states user [B, D] → [B, C]."""
@@ -152,15 +174,26 @@ class GenerativeRecommender(nn.Module):
             s = self.affinity(h[:, :-1].reshape(-1, h.shape[-1]), items.reshape(-1, 1)).view_as(items)
             return F.pad(s.masked_fill(~prev_real, 0.0), (1, 0))
 
-    def score_candidates(self, items: Tensor, ts: Tensor, cache: HistoryCache, prefix_len: Tensor | None = None,
-                         user: Tensor | None = None) -> Tensor:
-        """Ranking logits of candidate items [B, C] appended after the cached history at times ts [B, C].
-
-        user [B, D]: the history's last output (the retrieval state), which a rank_retrieval_feature model needs."""
+    def candidate_outputs(self, items: Tensor, ts: Tensor, cache: HistoryCache, prefix_len: Tensor | None = None
+                          ) -> Tensor:
+        """Outputs [B, C, D] of candidate items [B, C] appended after the cached history at times ts [B, C], each
+        attending to the history (its first prefix_len tokens) and to itself only."""
         x = self.kind_emb.weight[Kind.ITEM] + self.item_vectors(items)
-        h = self.backbone.forward_candidates(x, ts, cache, prefix_len)
-        aff = self.affinity(user, items) if self.rank_retrieval_gain is not None and user is not None else None
-        return self.rank_logits(h, aff, items)
+        return self.backbone.forward_candidates(x, ts, cache, prefix_len)
+
+    def score_candidates(self, items: Tensor, ts: Tensor, cache: HistoryCache, prefix_len: Tensor | None = None,
+                         user: Tensor | None = None, affinity: Tensor | None = None, feedback: bool = False) -> Tensor:
+        """Served ranking logits (or, with `feedback`, feedback logits) of candidate items [B, C] appended after the
+        cached history at times ts [B, C].
+
+        user [B, D]: the history's last output (the retrieval state), which a rank_retrieval_feature model needs;
+        affinity [B, C]: the candidates' retrieval scores s/τ given directly instead (a separate retriever's)."""
+        h = self.candidate_outputs(items, ts, cache, prefix_len)
+        if affinity is None and self.rank_retrieval_gain is not None and user is not None:
+            affinity = self.affinity(user, items)
+        if feedback:
+            return self.feedback_logits(h, affinity, items)
+        return self.rank_logits(h, affinity, items)
 
     def to_tensors(self, tb: TokenBatch) -> dict[str, Tensor]:
         dev = self.item_emb.weight.device

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,6 +55,44 @@ def serving_key(retrieval: torch.Tensor, rank_logit: torch.Tensor, tau: float, o
     raise ValueError(f"unknown serving order {order!r}")
 
 
+@dataclass
+class ServedLists:
+    """Each row's served candidates, best first: items [B, K'], retrieval cosines, ranking logits (None without a
+    ranker) and sort keys (−inf: never served)."""
+
+    items: torch.Tensor
+    retrieval: torch.Tensor
+    rank_logit: torch.Tensor | None
+    key: torch.Tensor
+
+
+def served_order(scores: torch.Tensor, k_prime: int, tau: float, order: ServingOrder,
+                 rank_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+                 row_k_prime: torch.Tensor | None = None) -> ServedLists:
+    """The order the worker serves, from every item's retrieval cosine scores [B, N+1] (exclusions already −inf):
+    the top-K' by retrieval, re-ordered by the serving key. The one implementation of it: `Recommender.recommend`
+    serves with it and `model.evaluate` measures it (`served_*`).
+
+    rank_fn(items [B, K'], retrieval cosines [B, K']) → ranking logits [B, K'] (None: the retrieval order).
+    row_k_prime [B]: rows that keep fewer candidates (searches), by retrieval score.
+    """
+    kp = min(k_prime, scores.shape[1] - 1)
+    top_s, top_i = scores.topk(kp, dim=1)  # [B, K'], sorted by retrieval
+    logit = None
+    if rank_fn is not None and order != "retrieval":
+        logit = rank_fn(top_i, top_s)
+        key = serving_key(top_s, logit, tau, order)
+    else:
+        key = top_s.clone()
+    dropped = ~torch.isfinite(top_s)  # excluded items never come back
+    if row_k_prime is not None:
+        dropped |= torch.arange(kp, device=scores.device)[None, :] >= row_k_prime[:, None]
+    key = key.masked_fill(dropped, float("-inf"))
+    perm = key.argsort(dim=1, descending=True, stable=True)
+    return ServedLists(top_i.gather(1, perm), top_s.gather(1, perm),
+                       None if logit is None else logit.gather(1, perm), key.gather(1, perm))
+
+
 @dataclass(frozen=True)
 class Recommendation:
     item_id: str
@@ -73,7 +111,7 @@ class Recommender:
     """A loaded model plus its item vocabulary; `recommend` is synchronous and serves a whole batch."""
 
     def __init__(self, ckpt: Checkpoint, device: str | None = None, k_prime: int = DEFAULT_K_PRIME,
-                 k_prime_search: int = DEFAULT_K_PRIME_SEARCH, order: ServingOrder = "joint") -> None:
+                 k_prime_search: int = DEFAULT_K_PRIME_SEARCH, order: ServingOrder | None = None) -> None:
         self.device = pick_device(device)
         self.model: GenerativeRecommender = ckpt.model.to(self.device).eval()
         self.cfg = self.model.cfg
@@ -84,6 +122,7 @@ class Recommender:
         self.path = ckpt.path
         self.k_prime = k_prime
         self.k_prime_search = k_prime_search
+        order = order or self.cfg.serving_order  # the checkpoint's own, picked on validation
         serving_key(torch.zeros(1, 1), torch.zeros(1, 1), 1.0, order)  # an unknown order fails here, not per request
         self.order: ServingOrder = order
         self.text_encoder = None  # created on first query (only models with query tokens use it)
@@ -95,7 +134,7 @@ class Recommender:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, expected_sha256: str | None = None,
                         k_prime: int = DEFAULT_K_PRIME, k_prime_search: int = DEFAULT_K_PRIME_SEARCH,
-                        order: ServingOrder = "joint") -> Recommender:
+                        order: ServingOrder | None = None) -> Recommender:
         return cls(load_checkpoint(path, "cpu", expected_sha256), device, k_prime, k_prime_search, order)
 
     @property
@@ -162,23 +201,19 @@ class Recommender:
         for b, full in enumerate(histories):
             if excl[b] and len(full):
                 scores[b, torch.as_tensor(full.items, dtype=torch.long, device=scores.device)] = float("-inf")
-        n_items = self.cfg.num_items
-        kp = min(max(self.k_prime, max(ks)), n_items)
-        top_s, top_i = scores.topk(kp, dim=1)  # [B, K']
-        if self.cfg.ranking_trained:
-            cand_ts = torch.as_tensor(now_s, device=scores.device)[:, None].expand(B, kp)
-            logit = self.model.score_candidates(top_i, cand_ts, cache, user=h[:, -1])
-            rank = torch.sigmoid(logit)
-            key = serving_key(top_s, logit, self.cfg.tau, self.order)
-        else:
-            rank = key = top_s
-        # Searches keep only their top-K'_search retrieved candidates (by retrieval score: top_s is sorted).
+        kp = min(max(self.k_prime, max(ks)), self.cfg.num_items)
+        # Searches keep only their top-K'_search retrieved candidates.
         per_row_kp = torch.as_tensor([max(self.k_prime_search, ks[b]) if qs[b] else kp for b in range(B)],
                                      device=scores.device)
-        beyond = torch.arange(kp, device=scores.device)[None, :] >= per_row_kp[:, None]
-        key = key.masked_fill(~torch.isfinite(top_s) | beyond, float("-inf"))  # excluded items never come back
-        order = key.argsort(dim=1, descending=True, stable=True)
-        top_i, top_s, rank, key = (x.gather(1, order).cpu().numpy() for x in (top_i, top_s, rank, key))
+        now_t = torch.as_tensor(now_s, device=scores.device)
+
+        def rank_fn(items: torch.Tensor, _retrieval: torch.Tensor) -> torch.Tensor:
+            return self.model.score_candidates(items, now_t[:, None].expand_as(items), cache, user=h[:, -1])
+
+        lists = served_order(scores, kp, self.cfg.tau, self.order, rank_fn if self.cfg.ranking_trained else None,
+                             per_row_kp)
+        rank = torch.sigmoid(lists.rank_logit) if lists.rank_logit is not None else lists.retrieval
+        top_i, top_s, rank, key = (x.cpu().numpy() for x in (lists.items, lists.retrieval, rank, lists.key))
         out: list[list[Recommendation]] = []
         for b in range(B):
             if len(hist[b]) == 0 and not qs[b]:

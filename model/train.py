@@ -19,13 +19,20 @@ from tqdm.auto import tqdm
 
 from model.backbone import HistoryCache
 from model.batching import TrainBatch, make_train_batch
+from model.candidates import (
+    build_candidates,
+    candidate_ranking_loss,
+    distillation_loss,
+    exclude_prefix,
+    sample_positions,
+)
 from model.config import ModelConfig, TrainConfig
 from model.data import SequenceDataset, eval_users, split_lengths
-from model.enhancer import select_targets
 from model.evaluate import evaluate
 from model.generative import GenerativeRecommender
 from model.losses import full_softmax_nce, info_nce, log_sampling_prob, ranking_loss, sample_negatives
 from model.search import SearchData
+from model.serving import ServingOrder
 from model.tokens import Kind
 from model.weighting import AdaptiveWeighter, task_grad_norms
 
@@ -40,18 +47,20 @@ def set_seed(seed: int) -> None:
 def model_config_for(ds: SequenceDataset, **overrides: object) -> ModelConfig:
     """Defaults per data set: action tokens only where there is feedback, time rotary only with times."""
     base: dict[str, object] = {"num_items": ds.num_items, "interleave_actions": ds.has_feedback,
-                               "time_rope": ds.has_time, "ranking_trained": ds.has_feedback}
+                               "time_rope": ds.has_time}
     base.update(overrides)
+    # A next-item ranker learns from candidates on any data; a feedback ranker needs feedback labels.
+    next_task = base.get("rank_task") == "next"
+    base.setdefault("ranking_trained", ds.has_feedback or next_task)
+    base.setdefault("feedback_channel", next_task and ds.has_feedback)
     return ModelConfig(**base)  # type: ignore[arg-type]
 
 
 @dataclass
 class StepLosses:
-    retrieval: Tensor | None
-    ranking: Tensor | None
-    soft: float = 0.0
-    hard_negatives: int = 0
-    impression_ranking: Tensor | None = None
+    retrieval: Tensor | None  # InfoNCE (+ the enhancer's weighted distillation when due)
+    ranking: Tensor | None  # candidate slots + feedback labels + impressions
+    distill: float | None = None
 
 
 @dataclass
@@ -64,9 +73,14 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, model: GenerativeRecommender, cfg: TrainConfig) -> None:
+    """One optimizer step at a time. `retriever`: a frozen retrieval model whose top-K' the ranking task learns to
+    re-rank (the two-model pipeline's ranker); without it a model ranks its own retrieval top-K'."""
+
+    def __init__(self, model: GenerativeRecommender, cfg: TrainConfig,
+                 retriever: GenerativeRecommender | None = None) -> None:
         self.model = model
         self.cfg = cfg
+        self.retriever = retriever.eval() if retriever is not None else None
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.state = TrainState(weighter=AdaptiveWeighter(cfg.weighter))
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -79,10 +93,16 @@ class Trainer:
     def uses_ranking(self) -> bool:
         return self.cfg.task in ("joint", "ranking") and self.model.cfg.ranking_trained
 
+    @property
+    def uses_candidates(self) -> bool:
+        """The ranker learns in candidate slots from a retriever's top-K' (its own, or `retriever`'s)."""
+        return self.uses_ranking and self.model.cfg.rank_task == "next" and (
+            self.uses_retrieval or self.retriever is not None)
+
     def _enhancer_due(self) -> bool:
         e = self.cfg.enhancer
-        return (e.enabled and self.uses_retrieval and self.uses_ranking and self.state.step >= e.warmup_steps
-                and self.state.step % e.period == 0)
+        return (e.enabled and e.weight > 0 and self.uses_retrieval and self.uses_candidates
+                and self.state.step >= e.warmup_steps)
 
     def losses(self, tb: TrainBatch) -> StepLosses:
         model, cfg = self.model, self.cfg
@@ -92,6 +112,7 @@ class Trainer:
         out = StepLosses(retrieval=None, ranking=None)
         ret_target = torch.as_tensor(tb.ret_target, device=dev)
         ret_mask = ret_target > 0
+        imp_ids = None
         # A batch of one-event training windows has no next item: the mean over zero targets would be NaN.
         if self.uses_retrieval and bool(ret_mask.any()):
             pos_ids = ret_target[ret_mask]  # [M]
@@ -104,59 +125,100 @@ class Trainer:
             else:
                 neg_ids, neg_log_q = sample_negatives(pos_ids, N, cfg.uniform_negatives, cfg.inbatch_negatives)
                 pos_log_q = log_sampling_prob(pos_ids, pos_ids, N, cfg.uniform_negatives, cfg.inbatch_negatives)
-            extra, soft, hard_ids = None, None, None
-            if self._enhancer_due():
-                extra, soft, hard_ids = self._enhancer_logits(h.detach(), cache.detach(), tb, ret_mask, u, table)
-            imp_ids = None
+            extra = None
             if tb.impressions is not None:
                 # Shown and not clicked: the user saw these and chose otherwise, so they are negatives the
                 # sampled ones can only approximate.
                 imp_ids = torch.as_tensor(tb.impressions, device=dev)[ret_mask]  # [M, m]
-                imp_logits = ((u[:, None, :] * table[imp_ids]).sum(-1) / model.cfg.tau).masked_fill(
+                extra = ((u[:, None, :] * table[imp_ids]).sum(-1) / model.cfg.tau).masked_fill(
                     (imp_ids == 0) | (imp_ids == pos_ids[:, None]), float("-inf"))
-                extra = imp_logits if extra is None else torch.cat([extra, imp_logits], dim=1)
             qvec = model.query_vectors(batch, batch["query"][ret_mask])  # [M, Dq] or None
             pos_bias = neg_bias = None
             if qvec is not None:
                 neg_bias = model.text_match(qvec, neg_ids)  # full: every item, the positive's column included
                 if not full:
                     pos_bias = model.text_match(qvec, pos_ids[:, None])[:, 0]
-                if extra is not None and hard_ids is not None:
-                    extra = extra + model.text_match(qvec, hard_ids) / model.cfg.tau
             if full:
-                loss, logits = full_softmax_nce(u, table, pos_ids, model.cfg.tau, extra, neg_bias)
+                loss, _ = full_softmax_nce(u, table, pos_ids, model.cfg.tau, extra, neg_bias)
             else:
-                loss, logits = info_nce(u, table[pos_ids], pos_log_q, pos_ids, table[neg_ids], neg_log_q, neg_ids,
-                                        model.cfg.tau, extra, pos_bias, neg_bias)
-            if extra is not None:
-                out.hard_negatives = int(torch.isfinite(extra).sum())
-            if soft is not None:
-                rows, soft_logit, w = soft
-                # Negatives only: in the full layout the positive is column id − 1, in the sampled one column 0.
-                neg = (logits[rows].scatter(1, (pos_ids[rows] - 1)[:, None], float("-inf")) if full
-                       else logits[rows, 1:])
-                lse_neg = torch.logsumexp(neg, dim=1)
-                soft_loss = (w * -(soft_logit - torch.logaddexp(soft_logit, lse_neg))).sum() / w.sum().clamp_min(1e-6)
-                loss = loss + cfg.enhancer.soft_weight * soft_loss
-                out.soft = soft_loss.item()
+                loss, _ = info_nce(u, table[pos_ids], pos_log_q, pos_ids, table[neg_ids], neg_log_q, neg_ids,
+                                   model.cfg.tau, extra, pos_bias, neg_bias)
             out.retrieval = loss
-            if imp_ids is not None and self.uses_ranking:
-                out.impression_ranking = self._impression_ranking(cache, tb, ret_mask, imp_ids, h)
-        if self.uses_ranking:
-            kind = batch["kind"]
-            is_item = kind == Kind.ITEM
-            P = int(is_item.sum(1).max())
-            idx = torch.argsort((~is_item).to(torch.int8), dim=1, stable=True)[:, :P]  # item positions first
-            labels = torch.as_tensor(tb.rank_label, device=dev).gather(1, idx)
-            labels = labels.masked_fill(~is_item.gather(1, idx), -1)
-            aff = model.teacher_forced_affinity(h, batch).gather(1, idx) if model.rank_retrieval_gain is not None \
-                else None
-            logits = model.rank_logits(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])), aff,
-                                       batch["item"].gather(1, idx))
-            out.ranking = ranking_loss(logits, labels, cfg.bpr_weight)
-            if out.impression_ranking is not None:
-                out.ranking = out.ranking + out.impression_ranking
+        if not self.uses_ranking:
+            return out
+        parts: list[Tensor] = []
+        if self.uses_candidates and bool(ret_mask.any()):
+            cand_loss, distill = self._candidate_losses(batch, h, cache, tb, ret_mask)
+            parts.append(cand_loss)
+            if distill is not None and out.retrieval is not None:
+                out.retrieval = out.retrieval + cfg.enhancer.weight * distill
+                out.distill = distill.item()
+        feedback = torch.as_tensor(tb.rank_label, device=dev)
+        if (feedback >= 0).any() or model.cfg.rank_task == "feedback":
+            parts.append(self._feedback_loss(batch, h, feedback))
+        if imp_ids is not None:
+            imp = self._impression_ranking(cache, tb, ret_mask, imp_ids, h)
+            if imp is not None:
+                parts.append(imp)
+        if parts:
+            out.ranking = torch.stack(parts).sum()
         return out
+
+    def _feedback_loss(self, batch: dict[str, Tensor], h: Tensor, labels_bt: Tensor) -> Tensor:
+        """BCE + BPR of feedback labels (rating ≥ 4, click vs impression) at the history's item tokens."""
+        model = self.model
+        is_item = batch["kind"] == Kind.ITEM
+        P = int(is_item.sum(1).max())
+        idx = torch.argsort((~is_item).to(torch.int8), dim=1, stable=True)[:, :P]  # item positions first
+        labels = labels_bt.gather(1, idx).masked_fill(~is_item.gather(1, idx), -1)
+        aff = model.teacher_forced_affinity(h, batch).gather(1, idx) if model.rank_retrieval_gain is not None \
+            else None
+        logits = model.feedback_logits(h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])), aff,
+                                       batch["item"].gather(1, idx))
+        return ranking_loss(logits, labels, self.cfg.bpr_weight)
+
+    @torch.no_grad()
+    def _retrieval_scores(self, batch: dict[str, Tensor], h: Tensor, rows: Tensor, pos: Tensor
+                          ) -> tuple[Tensor, float]:
+        """Every item's retrieval score [M, N+1] (cosine) at the contexts, from this model or the frozen retriever,
+        and that retriever's τ."""
+        src = self.model if self.retriever is None else self.retriever
+        if self.retriever is not None:
+            h = self.retriever.encode(batch)[0]
+        state = h[rows, pos].detach()
+        qvec = src.query_vectors(batch, batch["query"][rows, pos])
+        return src.retrieval_scores(state, qvec).clone(), src.cfg.tau
+
+    def _candidate_losses(self, batch: dict[str, Tensor], h: Tensor, cache: HistoryCache, tb: TrainBatch,
+                          ret_mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The ranker on the retrieval top-K' in candidate slots (model/candidates.py), and the enhancer's
+        distillation of its judgement into retrieval (None when not due)."""
+        c, model = self.cfg.candidates, self.model
+        rows, pos = sample_positions(ret_mask, c.positions_per_user, self.gen)
+        dev = h.device
+        targets = torch.as_tensor(tb.ret_target, device=dev)[rows, pos]
+        scores, tau = self._retrieval_scores(batch, h, rows, pos)
+        exclude_prefix(scores, batch["item"][rows], pos + 1, targets)
+        cs = build_candidates(scores, targets, c.k_prime, c.top, c.sampled, self.gen)
+        keep = torch.ones_like(cs.in_top) if c.include_missed else cs.in_top
+        if not keep.any():
+            return h.sum() * 0.0, None
+        rows, pos, scores, items, labels = rows[keep], pos[keep], scores[keep], cs.items[keep], cs.labels[keep]
+        valid = items > 0
+        cand_ts = torch.as_tensor(tb.target_ts, device=dev)[rows, pos][:, None].expand_as(items)
+        sub = cache.select(rows)
+        if self.retriever is not None:  # the pipeline's ranker reads the retriever's score as its feature
+            aff = (scores.gather(1, items) / tau).masked_fill(~valid, 0.0)
+            logits = model.score_candidates(items, cand_ts, sub, prefix_len=pos + 1, affinity=aff)
+        else:
+            logits = model.score_candidates(items, cand_ts, sub, prefix_len=pos + 1, user=h[rows, pos])
+        loss = candidate_ranking_loss(logits, labels, valid, c.listwise_weight)
+        distill = None
+        if self._enhancer_due():
+            u = model.user_state(h[rows, pos])  # [M, D], with gradient: the retriever is the student
+            ret_logits = (u[:, None, :] * F.normalize(model.item_vectors(items), dim=-1)).sum(-1) / model.cfg.tau
+            distill = distillation_loss(ret_logits, logits, valid, self.cfg.enhancer.temperature)
+        return loss, distill
 
     def _impression_ranking(self, cache: HistoryCache, tb: TrainBatch, ret_mask: Tensor, imp_ids: Tensor,
                             h: Tensor) -> Tensor | None:
@@ -171,56 +233,6 @@ class Trainer:
         logits = self.model.score_candidates(ids, ts, cache.select(b_idx), prefix_len=pos + 1, user=h[b_idx, pos])
         valid = ids > 0
         return F.binary_cross_entropy_with_logits(logits[valid], torch.zeros_like(logits[valid]))
-
-    def _enhancer_logits(self, h: Tensor, cache: HistoryCache, tb: TrainBatch,
-                         ret_mask: Tensor, u: Tensor, table: Tensor
-                         ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor] | None, Tensor]:
-        """Score the retriever's top-K' at a few positions per user with the ranker (no grad), and return
-        the hard negatives' logits [M, m] (−inf where none), soft positives (row, logit, weight) and the hard
-        negatives' ids [M, m] (0 where none)."""
-        e = self.cfg.enhancer
-        model = self.model
-        B, T = ret_mask.shape
-        table_nograd = table.detach()
-        dev = h.device
-        row_of = (ret_mask.flatten().cumsum(0) - 1).view(B, T)  # [B, T] → row of u
-        target = torch.as_tensor(tb.ret_target, device=dev)
-        target_ts = torch.as_tensor(tb.target_ts, device=dev)
-        hard_ids = torch.zeros((u.shape[0], e.hard_negatives), dtype=torch.long, device=dev)
-        soft_rows, soft_items, soft_w = [], [], []
-        has = ret_mask.any(dim=1)
-        b_idx = torch.arange(B, device=dev)[has]
-        prob = ret_mask[has].float()
-        was_training = model.training
-        model.eval()  # the ranker judges without dropout
-        with torch.no_grad():
-            for _ in range(e.positions_per_user):
-                pos = torch.multinomial(prob, 1, generator=self.gen).squeeze(1)  # a retrieval position per user
-                scores = F.normalize(h[b_idx, pos], dim=-1) @ table_nograd.T
-                scores[:, 0] = float("-inf")
-                k = min(e.k_prime, model.cfg.num_items)
-                top_s, top_i = scores.topk(k, dim=1)
-                # Candidates take the next event's time: what the request time would be when serving.
-                cand_ts = target_ts[b_idx, pos][:, None].expand(-1, k)
-                sub_cache = cache.select(b_idx)
-                probs = torch.sigmoid(model.score_candidates(top_i, cand_ts, sub_cache, prefix_len=pos + 1,
-                                                             user=h[b_idx, pos]))
-                sel = select_targets(top_i, top_s, probs, target[b_idx, pos], e.hard_negatives, e.hard_max_prob,
-                                     e.alpha)
-                rows = row_of[b_idx, pos]
-                hard_ids[rows] = sel.hard_negatives
-                r, c = (sel.soft_positives > 0).nonzero(as_tuple=True)
-                soft_rows.append(rows[r])
-                soft_items.append(sel.soft_positives[r, c])
-                soft_w.append(sel.soft_weights[r, c])
-        model.train(was_training)
-        hard_logits = (u[:, None, :] * table[hard_ids]).sum(-1) / model.cfg.tau  # differentiable [M, m]
-        extra = hard_logits.masked_fill(hard_ids == 0, float("-inf"))
-        rows = torch.cat(soft_rows)
-        if not len(rows):
-            return extra, None, hard_ids
-        items = torch.cat(soft_items)
-        return extra, (rows, (u[rows] * table[items]).sum(-1) / model.cfg.tau, torch.cat(soft_w)), hard_ids
 
     def step(self, tb: TrainBatch) -> dict[str, float]:
         self.model.train()
@@ -249,8 +261,8 @@ class Trainer:
             out["loss_rank"] = lo.ranking.item()
         if len(tasks) == 2:
             out["w_ret"], out["w_rank"] = w.weights
-        if lo.hard_negatives:
-            out["hard_negatives"] = lo.hard_negatives
+        if lo.distill is not None:
+            out["distill"] = lo.distill
         return out
 
 
@@ -309,13 +321,40 @@ def refit_schedule(history: list[dict[str, float]], best_epoch: int) -> dict[str
     return out
 
 
-def selection_metric(select: str, task: str, valid: dict[str, float]) -> str:
-    """The validation figure that picks the checkpoint (TrainConfig.select; "auto" resolved by task and data)."""
+def selection_metric(select: str, task: str, valid: dict[str, float], rank_task: str = "feedback") -> str:
+    """The validation figure that picks the checkpoint (TrainConfig.select; "auto" resolved by task and data).
+
+    A next-item ranker is judged by what users get: the served order's NDCG@10."""
     if select != "auto":
         return select
+    if rank_task == "next" and task in ("joint", "ranking") and "served_ndcg@10" in valid:
+        return "served_ndcg@10"
     if task == "ranking":
         return "auc"
     return "ndcg@10*auc_lift" if task == "joint" and "auc" in valid else "ndcg@10"
+
+
+SERVING_ORDERS: tuple[ServingOrder, ...] = ("joint", "ranking", "retrieval")
+
+
+def select_serving_order(valid: dict[str, float]) -> ServingOrder:
+    """The serving key with the best validation served NDCG@10 (ties: the earlier of SERVING_ORDERS)."""
+    return max(SERVING_ORDERS, key=lambda o: (valid.get(f"served_{o}_ndcg@10", float("-inf")),
+                                             -SERVING_ORDERS.index(o)))
+
+
+def validate(model: GenerativeRecommender, ds: SequenceDataset, tcfg: TrainConfig, search: SearchData | None,
+             retriever: GenerativeRecommender | None = None, split: str = "valid",
+             orders: tuple[ServingOrder, ...] = ()) -> dict[str, float]:
+    """`evaluate` on a split; a pipeline ranker (with `retriever`) is served on the retriever's top-K', and keeps
+    its own AUC/GAUC."""
+    if retriever is None:
+        return evaluate(model, ds, split, tcfg.eval_batch_size, search, tcfg.eval_exclude_seen, orders)
+    out = evaluate(retriever, ds, split, tcfg.eval_batch_size, search, tcfg.eval_exclude_seen, orders, ranker=model)
+    if ds.has_feedback:
+        own = evaluate(model, ds, split, tcfg.eval_batch_size, None, tcfg.eval_exclude_seen)
+        out.update({k: own[k] for k in ("auc", "gauc") if k in own})
+    return out
 
 
 def selection_score(valid: dict[str, float], name: str) -> float:
@@ -334,16 +373,26 @@ def _say(msg: str, progress: bool) -> None:
 def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np.ndarray | None = None,
         progress: bool = True, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         search: SearchData | None = None,
-        on_best: Callable[[GenerativeRecommender, dict[str, float]], None] | None = None) -> FitResult:
-    """Train on the leave-one-out training part; early-stop on the validation targets; keep the best.
+        on_best: Callable[[GenerativeRecommender, dict[str, float]], None] | None = None,
+        retriever: GenerativeRecommender | None = None) -> FitResult:
+    """Train on the leave-one-out training part; early-stop on the validation targets; keep the best; then pick
+    the serving order on validation (a model with a trained ranker).
 
     With `tcfg.refit`: train on every event but the test targets for exactly `tcfg.epochs` epochs, no
-    validation (its targets are training data then), and keep the last epoch."""
+    validation (its targets are training data then), and keep the last epoch (and the configured serving order).
+    retriever: a frozen retrieval model whose top-K' a ranking-only model learns to re-rank (the two-model
+    pipeline)."""
     set_seed(tcfg.seed)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    model = GenerativeRecommender(mcfg, item_text)
-    trainer = Trainer(model, tcfg)
+    device = torch.device("cuda" if tcfg.device == "cuda" or (tcfg.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    model = GenerativeRecommender(mcfg, item_text).to(device)
+    if retriever is not None:
+        retriever = retriever.to(device)
+    trainer = Trainer(model, tcfg, retriever)
+    if tcfg.task == "ranking" and mcfg.rank_task == "next" and retriever is None:
+        raise ValueError("a ranking-only next-item ranker re-ranks another model's retrieval: pass its retriever")
     rng = np.random.default_rng(tcfg.seed)
     users = eval_users(ds)
     # The test split's input lengths end just before each test target: the validation target becomes training data.
@@ -389,12 +438,12 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
             if on_best:
                 on_best(model, row)
             continue
-        valid = evaluate(model, ds, "valid", tcfg.eval_batch_size, search, tcfg.eval_exclude_seen)
+        valid = validate(model, ds, tcfg, search, retriever)
         row.update({f"valid_{k}": v for k, v in valid.items()})
         history.append(row)
         if on_epoch:
             on_epoch(epoch, row)
-        name = selection_metric(select, tcfg.task, valid)
+        name = selection_metric(select, tcfg.task, valid, mcfg.rank_task)
         score = selection_score(valid, name)
         if not np.isfinite(score):
             raise ValueError(f"select={select!r}: validation gives no {name} here (it has {sorted(valid)})")
@@ -414,11 +463,18 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
     if not tcfg.refit:  # a refit keeps its last epoch
         model.load_state_dict(best_state)
     best_valid = {k.removeprefix("valid_"): v for k, v in history[best_epoch - 1].items() if k.startswith("valid_")}
+    if not tcfg.refit and model.cfg.ranking_trained and (trainer.uses_retrieval or retriever is not None):
+        by_order = validate(model, ds, tcfg, search, retriever, orders=SERVING_ORDERS)
+        model.cfg.serving_order = select_serving_order(by_order)
+        best_valid.update({k: v for k, v in by_order.items() if k.startswith("served_")})
+        _say(f"serving order picked on validation: {model.cfg.serving_order} "
+             + "  ".join(f"{o} {by_order[f'served_{o}_ndcg@10']:.4f}" for o in SERVING_ORDERS), progress)
     return FitResult(model, best_epoch, best_valid, history, train_seconds, tokens / max(train_seconds, 1e-9), epoch)
 
 
 def fit_and_test(ds: SequenceDataset, tcfg: TrainConfig, progress: bool = True, search: SearchData | None = None,
                  on_best: Callable[[GenerativeRecommender, dict[str, float]], None] | None = None,
+                 retriever: GenerativeRecommender | None = None,
                  **model_overrides: object) -> tuple[FitResult, dict[str, float]]:
     """Train with early stopping, then evaluate the best model on the test targets.
 
@@ -438,5 +494,5 @@ def fit_and_test(ds: SequenceDataset, tcfg: TrainConfig, progress: bool = True, 
     mcfg = model_config_for(ds, **overrides)
     if tcfg.task == "retrieval":
         mcfg = mcfg.model_copy(update={"ranking_trained": False})
-    result = fit(ds, mcfg, tcfg, item_text, progress=progress, search=search, on_best=on_best)
-    return result, evaluate(result.model, ds, "test", tcfg.eval_batch_size, search, tcfg.eval_exclude_seen)
+    result = fit(ds, mcfg, tcfg, item_text, progress=progress, search=search, on_best=on_best, retriever=retriever)
+    return result, validate(result.model, ds, tcfg, search, retriever, split="test")

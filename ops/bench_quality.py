@@ -1,8 +1,19 @@
-"""`genrec bench quality`: the unified model, its ablations and trivial baselines, one data set, one run.
+"""`genrec bench quality`: does the unified model beat the parts it replaces? One data set, several seeds.
 
-Every row is trained with the data set's preset (model/presets.py) and evaluated with the papers'
-protocol (leave-one-out by time, full ranking over all items). Prints one JSON object last on stdout:
-{"dataset", "rows": {"genrec": {...}, "popular": {...}, ...}, "serving": {...}, "environment": {...}}.
+Rows, each trained per seed with the data set's preset (model/presets.py, or `--config configs/…`) and evaluated
+with the papers' protocol (leave-one-out by time, full ranking over all items, seen items left out; `incl_*`:
+ranked too), on the order the worker serves (`served_*`, model/serving.py `served_order`) and on the retrieval
+head alone:
+
+- `joint`: the unified model (UniGRF: one backbone, retrieval and ranking heads);
+- `retrieval_only`: the same model trained for retrieval alone; its served order is its retrieval order;
+- `ranking_only`: a ranking-only model trained on `retrieval_only`'s top-K' (AUC/GAUC where there is feedback);
+- `two_model`: `retrieval_only`'s top-K' re-ordered by `ranking_only`, the pipeline the product replaces;
+- `popular`: the most-popular items; ablations of `joint` on request.
+
+Prints one JSON object last on stdout: {"dataset", "seeds", "rows": {row: {metric: {"mean", "std", "values"}}},
+"paired": {"joint-two_model": {"metric", "mean_diff", "ci95", "verdict"}, …}, …}. A difference is claimed only
+when its paired 95 % interval over seeds excludes 0 (model/stats.py).
 """
 
 from __future__ import annotations
@@ -16,18 +27,24 @@ from typing import Annotated, Any
 
 import typer
 
-# Ablations (ML-100K, where every module applies): name → (train overrides, model overrides).
+# The rows every run trains, per seed: the unified model, and the pipeline it replaces (a retrieval-only model,
+# then a ranking-only model trained on that retriever's top-K'; together: two_model).
+BASE_JOBS = ("joint", "pipeline")
+# Ablations of the unified model (name → train overrides, model overrides), each compared with `joint` seed by seed.
 ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no_enhancer": ({"enhancer": {"enabled": False}}, {}),
     "static_weights": ({"weighter": {"mode": "static"}}, {}),
     "no_time_rope": ({}, {"time_rope": False}),
     # The ranker without its own inputs: no retrieval score β·s(u, i), no per-item bias.
     "plain_ranker": ({}, {"rank_retrieval_feature": False, "rank_item_bias": False}),
-    "retrieval_only": ({"task": "retrieval"}, {}),
-    "ranking_only": ({"task": "ranking"}, {}),
 }
-METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr", "auc", "gauc", "search_hr@10",
-           "search_ndcg@10", "search_mrr")
+METRICS = ("served_hr@10", "served_ndcg@10", "served_hr@50", "served_ndcg@50", "served_mrr",
+           "hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr", "auc", "gauc",
+           "search_hr@10", "search_ndcg@10", "search_mrr")
+INCLUDE_SEEN = ("served_hr@10", "served_ndcg@10", "hr@10", "ndcg@10")
+# Paired comparisons: joint minus each of these rows, on these metrics (where both rows have them).
+PAIRED = {"two_model": ("served_ndcg@10", "gauc"), "retrieval_only": ("served_ndcg@10",),
+          "ranking_only": ("gauc",)}
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -54,106 +71,168 @@ def serving_latency(rec: Any, ds: Any, batch_sizes: tuple[int, ...] = (1, 64), r
             times.append((time.perf_counter() - t0) * 1000)
         out[f"batch{bs}_ms"] = float(np.median(times))
         out[f"batch{bs}_ms_per_request"] = float(np.median(times)) / bs
-    if rec.supports_queries:
-        # Query encoding alone (the frozen text encoder, batched as the worker batches requests).
-        queries = [f"{g} movie" for g in ("comedy", "drama", "action", "thriller")] * 16
-        rec._encode_queries(queries[:2])  # loads the encoder
-        for bs in batch_sizes:
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                rec._encode_queries(queries[:bs])
-                times.append((time.perf_counter() - t0) * 1000)
-            out[f"query_encode_batch{bs}_ms_per_query"] = float(np.median(times)) / bs
     return out
 
 
-def mean_std_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row from several seeds: the mean of every number, and `<metric>_std` (population) for metrics."""
-    import numpy as np
-
-    row: dict[str, Any] = {}
-    for key in runs[0]:
-        vals = np.asarray([r[key] for r in runs], np.float64)
-        row[key] = round(float(vals.mean()), 5)
-        if key in METRICS and len(runs) > 1:
-            row[f"{key}_std"] = round(float(vals.std()), 5)
-    row["seeds"] = len(runs)
+def _test_row(test: dict[str, float], incl: dict[str, float] | None, res: Any, t0: float) -> dict[str, Any]:
+    row: dict[str, Any] = {k: round(v, 5) for k, v in test.items() if k in METRICS}
+    if incl is not None:
+        row.update({f"incl_{k}": round(incl[k], 5) for k in INCLUDE_SEEN if k in incl})
+    row.update(best_epoch=res.best_epoch, epochs_run=res.epochs_run, train_seconds=round(res.train_seconds, 1),
+               wall_seconds=round(time.perf_counter() - t0, 1), serving_order=res.model.cfg.serving_order)
+    row.update({f"valid_{k}": round(v, 5) for k, v in res.best_valid.items() if k in ("served_ndcg@10", "ndcg@10")})
     return row
 
 
-def run_quality(dataset: str, data_dir: Path | None, epochs: int | None, ablations: bool,
-                out_dir: Path | None, progress: bool, search: bool = False, text_encoder: str = "minilm",
-                seeds: int = 1, only: list[str] | None = None) -> dict[str, Any]:
-    import torch
+def run_job(dataset: str, data_dir: Path | None, job: str, seed: int, run_cfg: dict[str, Any],
+            results_dir: Path | None = None, progress: bool = False, checkpoint_dir: Path | None = None
+            ) -> dict[str, dict[str, Any]]:
+    """Train one job for one seed; return its rows' test figures (and write them to results_dir/<job>-seed<s>.json).
 
-    from model.baselines import evaluate_popularity
-    from model.checkpoint import save_checkpoint
+    "joint": the unified model; "pipeline": retrieval_only, then ranking_only on its top-K' → rows retrieval_only,
+    ranking_only (AUC/GAUC, where the data has feedback) and two_model (served); an ablation name: joint with it.
+    The test split is read once per trained model (with seen items left out, and ranked: `incl_*`)."""
     from model.config import TrainConfig
-    from model.data import load_dataset, train_popularity
-    from model.presets import preset
-    from model.serving import Recommender
-    from model.train import fit_and_test
+    from model.data import load_dataset
+    from model.train import fit_and_test, validate
 
     ds = load_dataset(dataset, data_dir)
-    base = preset(ds.name)
-    base_train = base.train.model_dump()
-    if epochs is not None:
-        base_train["epochs"] = epochs
-    excl = bool(base_train["eval_exclude_seen"])  # the baselines follow the trained rows' protocol
-    search_data = None
-    variants: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {"genrec": ({}, {})}
-    if search:
-        from model.search import search_data_for
-
-        base_train["search"] = {**base_train["search"], "enabled": True, "encoder": text_encoder}
-        sc = base_train["search"]
-        search_data = search_data_for(ds, data_dir, text_encoder, sc["share"], sc["noise"], sc["seed"])
-        # The same model without queries, evaluated on the same search targets (its recommendations).
-        variants["rec_only"] = ({"search": {"enabled": False}}, {})
-    if ablations and ds.has_feedback:
-        variants.update(ABLATIONS)
-    if only:
-        unknown = set(only) - set(variants)
-        if unknown:
-            raise typer.BadParameter(f"unknown rows {sorted(unknown)}; this run has {sorted(variants)}")
-        variants = {k: v for k, v in variants.items() if k in only}
+    base_train = _merge(run_cfg["train"], {"seed": seed})
+    model_over = dict(run_cfg["model"])
     rows: dict[str, dict[str, Any]] = {}
-    serving: dict[str, Any] = {}
-    for name, (t_over, m_over) in variants.items():
-        runs = []
-        for i in range(seeds):
-            tcfg = TrainConfig(**_merge({**base_train, "seed": base_train["seed"] + i}, t_over))
-            typer.echo(f"[bench quality] {ds.name}: training {name} (seed {tcfg.seed}) …", err=True)
-            t0 = time.perf_counter()
-            res, test = fit_and_test(ds, tcfg, progress=progress, search=search_data, **{**base.model, **m_over})
-            run = {k: round(v, 5) for k, v in test.items() if k in METRICS}
-            run.update(best_epoch=res.best_epoch, epochs_run=res.epochs_run,
-                       train_seconds=round(res.train_seconds, 1), wall_seconds=round(time.perf_counter() - t0, 1),
-                       train_tokens_per_s=round(res.tokens_per_s))
-            typer.echo(f"[bench quality] {name} seed {tcfg.seed}: {json.dumps(run)}", err=True)
-            runs.append(run)
-        rows[name] = runs[0] if seeds == 1 else mean_std_row(runs)
-        if name == "genrec":
-            path = save_checkpoint((out_dir or Path("runs")) / f"bench-{ds.name}", res.model, ds.item_ids,
-                                   dataset=ds.name, train_config=tcfg.model_dump(), metrics={"test": test},
-                                   extra_meta={"item_popularity": train_popularity(ds).tolist(),
-                                               **({"text_encoder": text_encoder} if search else {})})
-            serving = serving_latency(Recommender.from_checkpoint(path, device="cpu"), ds)
-    if search_data is not None:
-        from model.metrics import ranking_metrics
-        from model.search import text_only_ranks
 
-        text = ranking_metrics(text_only_ranks(search_data, ds, "test", excl))
-        rows["text_only"] = {f"search_{k}": round(v, 5) for k, v in text.items() if f"search_{k}" in METRICS}
-    rows["popular"] = {k: round(v, 5) for k, v in evaluate_popularity(ds, exclude_seen=excl).items() if k in METRICS}
-    rows["recent_popular"] = {k: round(v, 5) for k, v in
-                              evaluate_popularity(ds, recent_share=0.1, exclude_seen=excl).items() if k in METRICS}
+    def train(name: str, t_over: dict[str, Any], m_over: dict[str, Any], retriever: Any = None) -> Any:
+        tcfg = TrainConfig(**_merge(base_train, t_over))
+        typer.echo(f"[bench quality] {ds.name}: training {name} (seed {seed}) …", err=True)
+        t0 = time.perf_counter()
+        res, test = fit_and_test(ds, tcfg, progress=progress, retriever=retriever, **{**model_over, **m_over})
+        incl = validate(res.model, ds, tcfg.model_copy(update={"eval_exclude_seen": False}), None, retriever, "test")
+        typer.echo(f"[bench quality] {name} seed {seed}: served NDCG@10 {test.get('served_ndcg@10', 0):.4f}", err=True)
+        return res, test, incl, t0
+
+    if job == "pipeline":
+        res, test, incl, t0 = train("retrieval_only", {"task": "retrieval"}, {})
+        rows["retrieval_only"] = _test_row(test, incl, res, t0)
+        retriever = res.model.eval()
+        res, test, incl, t0 = train("ranking_only", {"task": "ranking"}, {}, retriever)
+        full = _test_row(test, incl, res, t0)
+        rows["two_model"] = {k: v for k, v in full.items() if k not in ("auc", "gauc")}
+        if "auc" in full:
+            rows["ranking_only"] = {k: full[k] for k in ("auc", "gauc") if k in full}
+    else:
+        t_over, m_over = ({}, {}) if job == "joint" else ABLATIONS[job]
+        res, test, incl, t0 = train(job, t_over, m_over)
+        rows[job] = _test_row(test, incl, res, t0)
+        if checkpoint_dir is not None and job == "joint":
+            from model.checkpoint import save_checkpoint
+            from model.data import train_popularity
+
+            save_checkpoint(checkpoint_dir / f"{ds.name}-joint-seed{seed}", res.model, ds.item_ids, dataset=ds.name,
+                            train_config=TrainConfig(**base_train).model_dump(), metrics={"test": test},
+                            extra_meta={"item_popularity": train_popularity(ds).tolist()})
+    if results_dir is not None:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / f"{job}-seed{seed}.json").write_text(json.dumps({"seed": seed, "rows": rows}))
+    return rows
+
+
+def _run_job_star(args: tuple[Any, ...]) -> tuple[str, int, dict[str, dict[str, Any]]]:
+    import torch
+
+    torch.set_num_threads(1)  # parallel jobs share the cores
+    dataset, data_dir, job, seed, run_cfg, results_dir, ckpt_dir = args
+    return job, seed, run_job(dataset, data_dir, job, seed, run_cfg, results_dir, False, ckpt_dir)
+
+
+def aggregate(dataset: str, per_seed: dict[int, dict[str, dict[str, Any]]], popular: dict[str, float] | None
+              ) -> dict[str, Any]:
+    """The issue's JSON shape: rows[name][metric] = {mean, std, values} over the seeds every row finished, and
+    paired differences (joint − baseline) with Student-t 95 % intervals."""
+    from model.stats import paired_interval, summary
+
+    seeds = sorted(per_seed)
+    names = sorted({n for rows in per_seed.values() for n in rows})
+    out_rows: dict[str, dict[str, Any]] = {}
+    for name in names:
+        have = [s for s in seeds if name in per_seed[s]]
+        metrics = [k for k in per_seed[have[0]][name] if isinstance(per_seed[have[0]][name][k], (int, float))]
+        out_rows[name] = {k: summary([per_seed[s][name][k] for s in have]) for k in metrics
+                          if all(k in per_seed[s][name] for s in have)}
+        out_rows[name]["seeds"] = have
+        orders = [per_seed[s][name].get("serving_order") for s in have]
+        if any(orders):
+            out_rows[name]["serving_order"] = orders
+    if popular is not None:
+        out_rows["popular"] = {k: {"mean": round(v, 5), "std": 0.0, "values": [round(v, 5)]} for k, v in
+                               popular.items()}
+    paired: dict[str, Any] = {}
+    baselines = {**PAIRED, **{a: ("served_ndcg@10",) for a in ABLATIONS}}
+    for other, metrics in baselines.items():
+        both = [s for s in seeds if "joint" in per_seed[s] and other in per_seed[s]]
+        for metric in metrics:
+            if not both or not all(metric in per_seed[s]["joint"] and metric in per_seed[s][other] for s in both):
+                continue
+            key = f"joint-{other}" if metric == metrics[0] else f"joint-{other}:{metric}"
+            paired[key] = {"metric": metric, "seeds": both,
+                           **paired_interval([per_seed[s]["joint"][metric] for s in both],
+                                             [per_seed[s][other][metric] for s in both])}
+    return {"dataset": dataset, "seeds": seeds, "rows": out_rows, "paired": paired}
+
+
+def popular_row(dataset: str, data_dir: Path | None, exclude_seen: bool) -> dict[str, float]:
+    """The most-popular baseline under the same protocol; its served list is its own ranking."""
+    from model.baselines import evaluate_popularity
+    from model.data import load_dataset
+
+    ds = load_dataset(dataset, data_dir)
+    pop = evaluate_popularity(ds, exclude_seen=exclude_seen)
+    row = {k: v for k, v in pop.items() if k in METRICS}
+    row.update({f"served_{k}": pop[k] for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")})
+    incl = evaluate_popularity(ds, exclude_seen=False)
+    row.update({f"incl_{k}": incl[k.removeprefix("served_")] for k in INCLUDE_SEEN})
+    return row
+
+
+def run_quality(dataset: str, data_dir: Path | None, run_cfg: dict[str, Any], seeds: list[int], jobs: list[str],
+                workers: int, results_dir: Path | None, progress: bool, checkpoint_dir: Path | None = None
+                ) -> dict[str, Any]:
+    import torch
+
+    from model.data import load_dataset
+
+    ds = load_dataset(dataset, data_dir)
+    todo = [(ds.name, data_dir, job, seed, run_cfg, results_dir, checkpoint_dir) for seed in seeds for job in jobs]
+    per_seed: dict[int, dict[str, dict[str, Any]]] = {s: {} for s in seeds}
+    if workers <= 1:
+        for args in todo:
+            per_seed[args[3]].update(run_job(*args[:6], progress, checkpoint_dir))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_job_star, a) for a in todo]
+            for f in as_completed(futures):
+                _job, seed, rows = f.result()
+                per_seed[seed].update(rows)
+    excl = bool(run_cfg["train"].get("eval_exclude_seen", True))
+    result = aggregate(ds.name, per_seed, popular_row(ds.name, data_dir, excl))
     seen = "each user's seen items left out of the ranking" if excl else "seen items ranked too"
-    return {"dataset": ds.name, "protocol": f"leave-one-out by time, full ranking over all items ({seen}), test split",
-            "data": ds.summary(), "rows": rows, "serving": serving,
-            "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                            "machine": platform.machine(), "cpus": _cpus()}}
+    result.update(protocol=f"leave-one-out by time, full ranking over all items ({seen}), test split; incl_*: "
+                           "seen items ranked too", data=ds.summary(), config=run_cfg,
+                  environment={"torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
+                               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                               "machine": platform.machine(), "cpus": _cpus()})
+    return result
+
+
+def load_results(results_dir: Path) -> dict[int, dict[str, dict[str, Any]]]:
+    """Per-seed rows written by earlier jobs (`--results-dir`), e.g. to aggregate runs made on several machines."""
+    per_seed: dict[int, dict[str, dict[str, Any]]] = {}
+    for f in sorted(results_dir.glob("*-seed*.json")):
+        d = json.loads(f.read_text())
+        per_seed.setdefault(int(d["seed"]), {}).update(d["rows"])
+    return per_seed
 
 
 def _cpus() -> int:
@@ -163,68 +242,80 @@ def _cpus() -> int:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
+    """Rows × metrics, mean ± std over seeds, then the paired differences."""
     rows = result["rows"]
-    cols = [c for c in METRICS if any(c in r for r in rows.values())]
-    extra = ["best_epoch", "train_seconds", "train_tokens_per_s"]
-    lines = ["| row | " + " | ".join(cols + extra) + " |", "|---" * (len(cols) + len(extra) + 1) + "|"]
+    cols = [c for c in (*METRICS, *(f"incl_{m}" for m in INCLUDE_SEEN)) if any(c in r for r in rows.values())]
+    lines = ["| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
-        cells = [(f"{r[c]:.4f}" + (f" ± {r[c + '_std']:.4f}" if c + "_std" in r else "")) if c in r else "—"
-                 for c in cols] + [str(r.get(c, "—")) for c in extra]
+        cells = [(f"{r[c]['mean']:.4f}" + (f" ± {r[c]['std']:.4f}" if r[c]["std"] else "")) if c in r else "—"
+                 for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if result.get("paired"):
+        lines += ["", "| paired difference | metric | mean | 95 % interval | verdict |", "|---|---|---|---|---|"]
+        for name, p in result["paired"].items():
+            lo, hi = p["ci95"]
+            lines.append(f"| {name} | {p['metric']} | {p['mean_diff']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | "
+                         f"{p.get('verdict', '—')} |")
     return "\n".join(lines)
-
-
-def update_benchmarks(section: str, body: str, path: Path = Path("BENCHMARKS.md")) -> None:
-    """Replace the text between `<!-- bench:SECTION -->` markers (append the section if absent)."""
-    start, end = f"<!-- bench:{section} -->", f"<!-- /bench:{section} -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def quality(
     dataset: Annotated[str, typer.Option("--dataset")],
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
-    epochs: Annotated[int | None, typer.Option(help="cap on epochs per row (default: the preset's)")] = None,
-    ablations: Annotated[bool, typer.Option("--ablations/--no-ablations")] = True,
-    out_dir: Annotated[Path | None, typer.Option(help="where the genrec row's checkpoint goes (default runs/)")] = None,
+    seeds: Annotated[int, typer.Option(min=1, max=20, help="seeds per row (the preset's seed, +1, +2, …)")] = 1,
+    config: Annotated[Path | None, typer.Option(help="JSON {model, train} over the preset (configs/…)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="cap on epochs per model (default: the preset's)")] = None,
+    ablations: Annotated[str | None, typer.Option(
+        help=f"comma-separated ablations of joint to train too: {', '.join(ABLATIONS)}")] = None,
+    rows: Annotated[str, typer.Option(help="trained jobs: joint, pipeline (retrieval_only + ranking_only → "
+                                           "two_model)")] = "joint,pipeline",
+    jobs: Annotated[int, typer.Option(min=1, help="train this many models at once (processes, one thread each)")] = 1,
+    results_dir: Annotated[Path | None, typer.Option(help="write each (job, seed)'s figures here as it ends")] = None,
+    aggregate_only: Annotated[bool, typer.Option("--aggregate-only", help="train nothing: aggregate --results-dir")
+                              ] = False,
+    checkpoints: Annotated[Path | None, typer.Option(help="save each joint model here")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the JSON here (docs/bench/quality-<dataset>.json)")
+                   ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    update: Annotated[bool, typer.Option("--update-benchmarks", help="write the table into BENCHMARKS.md")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = False,
-    search: Annotated[bool, typer.Option("--search/--no-search", help="add search rows")] = False,
-    text_encoder: Annotated[str, typer.Option(help="minilm | hashed")] = "minilm",
-    seeds: Annotated[int, typer.Option(min=1, max=10, help="train every row with this many seeds; mean ± std")] = 1,
-    rows: Annotated[str | None, typer.Option(help="comma-separated trained rows to run (default: all)")] = None,
 ) -> None:
-    """Quality of the unified model vs ablations and baselines (one JSON object last on stdout)."""
+    """The unified model against the pipeline it replaces, over seeds, with paired 95 % intervals (JSON last)."""
+    from model.presets import preset
+
     t0 = time.perf_counter()
-    only = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
-    result = run_quality(dataset, data_dir, epochs, ablations, out_dir, progress, search, text_encoder, seeds, only)
+    base = preset(dataset.replace("amazon", "amazon-beauty") if dataset == "amazon" else dataset)
+    run_cfg: dict[str, Any] = {"model": dict(base.model), "train": base.train.model_dump()}
+    if config is not None:
+        over = json.loads(config.read_text())
+        run_cfg = {"model": {**run_cfg["model"], **over.get("model", {})},
+                   "train": _merge(run_cfg["train"], over.get("train", {}))}
+    if epochs is not None:
+        run_cfg["train"]["epochs"] = epochs
+    job_list = [r.strip() for r in rows.split(",") if r.strip()]
+    job_list += [a.strip() for a in (ablations or "").split(",") if a.strip()]
+    unknown = set(job_list) - set(BASE_JOBS) - set(ABLATIONS)
+    if unknown:
+        raise typer.BadParameter(f"unknown jobs {sorted(unknown)}; known: {[*BASE_JOBS, *ABLATIONS]}")
+    seed_list = [int(run_cfg["train"]["seed"]) + i for i in range(seeds)]
+    if aggregate_only:
+        if results_dir is None:
+            raise typer.BadParameter("--aggregate-only needs --results-dir")
+        from model.data import load_dataset
+
+        name = load_dataset(dataset, data_dir).name
+        excl = bool(run_cfg["train"].get("eval_exclude_seen", True))
+        result = aggregate(name, load_results(results_dir), popular_row(name, data_dir, excl))
+        result["config"] = run_cfg
+    else:
+        result = run_quality(dataset, data_dir, run_cfg, seed_list, job_list, jobs, results_dir, progress,
+                             checkpoints)
+    args = sys.argv[sys.argv.index("quality") + 1 :] if "quality" in sys.argv else sys.argv[1:]
+    result["command"] = "genrec bench quality " + " ".join(args)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    if update:
-        cmd = "genrec bench quality " + " ".join(sys.argv[sys.argv.index("quality") + 1 :])
-        title = result["dataset"] + (" (search + recommendation)" if search else "") + (
-            f" ({seeds} seeds)" if seeds > 1 else "")
-        body = (f"### Quality — {title}\n\nCommand: `{cmd}` ({result['wall_seconds']} s wall, "
-                f"{result['environment']['cpus']} CPUs, torch {result['environment']['torch']}). "
-                f"Protocol: {result['protocol']}."
-                + (f" Mean ± std over {seeds} seeds." if seeds > 1 else "")
-                + f"\n\n{markdown_table(result)}\n\n"
-                f"Serving latency (CPU, k=10, K'={result['serving'].get('k_prime')}): "
-                f"batch 1 {result['serving'].get('batch1_ms', float('nan')):.1f} ms/request, batch 64 "
-                f"{result['serving'].get('batch64_ms_per_request', float('nan')):.2f} ms/request."
-                + (f" Query encoding ({result['serving'].get('text_encoder', text_encoder)}): batch 1 "
-                   f"{result['serving']['query_encode_batch1_ms_per_query']:.1f} ms/query, batch 64 "
-                   f"{result['serving']['query_encode_batch64_ms_per_query']:.2f} ms/query."
-                   if "query_encode_batch1_ms_per_query" in result["serving"] else ""))
-        section = f"quality:{result['dataset']}" + (":search" if search else "") + (":seeds" if seeds > 1 else "")
-        update_benchmarks(section, body)
+    text = json.dumps(result, indent=1)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
@@ -233,3 +324,7 @@ def quality(
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     bench_app.command("quality")(quality)
+
+
+if __name__ == "__main__":  # `python -m ops.bench_quality …`: the same command without the CLI's Kafka imports
+    typer.run(quality)

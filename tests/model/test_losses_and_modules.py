@@ -1,4 +1,4 @@
-"""Losses, the ranking-driven enhancer and the adaptive weighter on hand-made inputs."""
+"""Losses and the adaptive weighter on hand-made inputs (candidate slots and the enhancer: test_candidates.py)."""
 
 from __future__ import annotations
 
@@ -8,36 +8,8 @@ import pytest
 import torch
 
 from model.config import WeighterConfig
-from model.enhancer import select_targets
 from model.losses import full_softmax_nce, info_nce, log_sampling_prob, ranking_loss, sample_negatives
 from model.weighting import AdaptiveWeighter
-
-
-def test_enhancer_picks_exactly_the_expected_hard_negatives_and_soft_positives() -> None:
-    cand = torch.tensor([[11, 12, 13, 14, 15, 16]])  # retrieval order: 11 best
-    ret = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]])
-    prob = torch.tensor([[0.95, 0.10, 0.30, 0.10, 0.60, 0.05]])
-    positive = torch.tensor([16])  # the true next item is never a negative, however low the ranker scores it
-    sel = select_targets(cand, ret, prob, positive, m=3, hard_max_prob=0.5, alpha=0.9)
-    # lowest ranking prob first; the 0.10 tie goes to the higher retrieval score (12 before 14)
-    assert sel.hard_negatives.tolist() == [[12, 14, 13]]
-    assert sel.soft_positives.tolist() == [[11, 0, 0, 0, 0, 0]]
-    assert math.isclose(float(sel.soft_weights[0, 0]), 0.95, rel_tol=1e-6)
-
-
-def test_enhancer_pads_with_zero_when_too_few_qualify() -> None:
-    cand = torch.tensor([[1, 2, 3]])
-    sel = select_targets(
-        cand,
-        torch.tensor([[3.0, 2.0, 1.0]]),
-        torch.tensor([[0.9, 0.2, 0.8]]),
-        torch.tensor([7]),
-        m=4,
-        hard_max_prob=0.5,
-        alpha=0.99,
-    )
-    assert sel.hard_negatives.tolist() == [[2, 0, 0, 0]]
-    assert int(sel.soft_positives.count_nonzero()) == 0
 
 
 def test_weighter_moves_weight_toward_the_slower_descending_loss() -> None:

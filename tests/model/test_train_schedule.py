@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.batching import make_train_batch
-from model.config import EnhancerConfig, TrainConfig
+from model.config import CandidateConfig, EnhancerConfig, TrainConfig
 from model.data import split_lengths, synthetic_dataset
 from model.evaluate import eval_users
 from model.generative import GenerativeRecommender
@@ -59,28 +59,29 @@ def test_fit_records_the_learning_rate_it_trained_each_epoch_with() -> None:
             assert abs(next_lr - lr) < 1e-12, (lrs, [r["valid_ndcg@10"] for r in res.history])
 
 
-def test_full_softmax_joint_training_with_the_enhancer_learns() -> None:
-    """negatives="full" through the whole joint step: hard negatives and soft positives on top of the exact
-    softmax, the weighter, and a retrieval loss that falls on a learnable synthetic data set."""
+def test_full_softmax_joint_training_with_candidates_and_the_enhancer_learns() -> None:
+    """negatives="full" through the whole joint step: the ranker in candidate slots on the model's own top-K',
+    the enhancer's distillation into retrieval, the weighter, and losses that fall on a learnable data set."""
     ds = synthetic_dataset(n_users=64, n_items=40, events_per_user=20, seed=3)
-    mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=20)
+    mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=20, rank_task="next")
+    assert mcfg.ranking_trained and mcfg.rank_outputs == (2 if ds.has_feedback else 1)
     torch.manual_seed(0)
     trainer = Trainer(GenerativeRecommender(mcfg), TrainConfig(
-        negatives="full", lr=1e-2, enhancer=EnhancerConfig(warmup_steps=0, period=1, k_prime=10, alpha=0.0)))
+        negatives="full", lr=1e-2, candidates=CandidateConfig(k_prime=10, top=4, sampled=4),
+        enhancer=EnhancerConfig(warmup_steps=0, weight=0.5)))
     users, lengths = eval_users(ds), split_lengths(ds, "train")
     rng = np.random.default_rng(0)
-    first = last = None
-    soft_seen = False
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
     for step in range(40):
         tb = make_train_batch(ds, users, lengths, 20, mcfg.interleave_actions, rng)
         out = trainer.step(tb)
         assert np.isfinite(out["loss"]), out
-        soft_seen |= out.get("hard_negatives", 0) > 0
-        first = out["loss_ret"] if step == 0 else first
-        last = out["loss_ret"]
-    assert soft_seen, "the enhancer never ran"
-    assert trainer.losses(tb).soft > 0.0  # soft positives scored against the full denominator
-    assert last < first - 0.3, (first, last)
+        assert "distill" in out, "the enhancer never ran"
+        first = out if step == 0 else first
+        last = out
+    assert last["loss_ret"] < first["loss_ret"] - 0.3, (first, last)
+    assert last["loss_rank"] < first["loss_rank"] - 0.1, (first, last)
 
 
 def test_checkpoint_selection_weighs_both_tasks_for_a_joint_model() -> None:
@@ -92,6 +93,11 @@ def test_checkpoint_selection_weighs_both_tasks_for_a_joint_model() -> None:
     assert selection_metric("auto", "joint", with_auc) == "ndcg@10*auc_lift"
     assert selection_metric("auto", "joint", {"ndcg@10": 0.1}) == "ndcg@10"  # no feedback, no AUC
     assert selection_metric("ndcg@10", "joint", with_auc) == "ndcg@10"
+    # A next-item ranker is picked by the order users are served.
+    served = {**with_auc, "served_ndcg@10": 0.12}
+    assert selection_metric("auto", "joint", served, "next") == "served_ndcg@10"
+    assert selection_metric("auto", "ranking", served, "next") == "served_ndcg@10"
+    assert selection_metric("auto", "joint", served, "feedback") == "ndcg@10*auc_lift"
     assert abs(selection_score(with_auc, "ndcg@10*auc_lift") - 0.1 * 0.3) < 1e-12
     # +10 % NDCG@10 and +10 % AUC lift score alike: neither task is sold for the other's units.
     more_ndcg = selection_score({"ndcg@10": 0.11, "auc": 0.8}, "ndcg@10*auc_lift")
