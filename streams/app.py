@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import faust
 from aiokafka import AIOKafkaProducer
 from faust.types import EventT, StreamT
 from mode import Service
@@ -44,12 +43,12 @@ from schemas.messages import (
 )
 from streams import history_codec, recovery_watch
 from streams.acks import InOrderAcks
+from streams.app_builder import build_faust_app, install_pages, raw_topic, state_table
 from streams.batcher import MicroBatcher
 from streams.metrics import CONTENT_TYPE, WorkerMetrics
 from streams.models import ModelFollower, ModelsTopicTable
 from streams.serving import InferenceInput, InferenceRunner, RecommenderLike, load_recommender
 from streams.settings import StreamSettings
-from streams.transport import GenrecFaustApp
 
 log = logging.getLogger(__name__)
 
@@ -188,57 +187,18 @@ class GenrecWorker:
         self.metrics = WorkerMetrics()
         self.codec = history_codec.HistoryCodec(s.history_len, s.dedup_ids)
         self._max_ahead_ms = int(s.max_ahead_s * 1000)
-        self.app = app = GenrecFaustApp(
-            s.app_id,
-            broker=s.broker_url,
-            broker_credentials=self._credentials(),
-            store="rocksdb://",
-            datadir=str(s.datadir),
-            topic_partitions=s.partitions,
-            topic_replication_factor=s.replication,
-            table_standby_replicas=s.standby_replicas,
-            producer_max_batch_size=s.producer_max_batch_size,
-            producer_linger=s.producer_linger_ms / 1000.0,
-            producer_acks=-1,
-            broker_session_timeout=s.session_timeout_s,
-            broker_heartbeat_interval=s.heartbeat_interval_s,
-            broker_rebalance_timeout=s.rebalance_timeout_s,
-            broker_request_timeout=s.request_timeout_s,
-            broker_commit_interval=s.commit_interval_s,
-            stream_recovery_delay=0.0,
-            consumer_auto_offset_reset="earliest",
-            web_enabled=s.web_enabled,
-            web_port=s.web_port,
-            web_bind=s.web_bind,
-            web_host="127.0.0.1" if s.web_bind in ("0.0.0.0", "127.0.0.1") else s.web_bind,
-            fetch_max_wait_ms=s.fetch_max_wait_ms,
-        )
+        self.app = app = build_faust_app(s, s.app_id, standby_replicas=s.standby_replicas)
         self.output = KafkaOutput(s)
         self.model = ModelHolder(s, self.metrics, recommender_loader)
         app.first_services.extend([self.output, self.model])
 
-        raw: dict[str, Any] = {
-            "key_type": bytes,
-            "value_type": bytes,
-            "key_serializer": "raw",
-            "value_serializer": "raw",
-            "partitions": s.partitions,
-        }
-        self.events_topic = app.topic(s.events_topic, **raw)
-        self.requests_topic = app.topic(s.requests_topic, **raw)
-        self.results_topic = app.topic(s.results_topic, **raw)
-        self.deadletter_topic = app.topic(s.deadletter_topic, **raw)
+        self.events_topic = raw_topic(app, s.events_topic, s)
+        self.requests_topic = raw_topic(app, s.requests_topic, s)
+        self.results_topic = raw_topic(app, s.results_topic, s)
+        self.deadletter_topic = raw_topic(app, s.deadletter_topic, s)
         # Only these agents' own acks count for their topics (streams/transport.py says why).
         app.agent_acked_topics.update({s.events_topic, s.requests_topic})
-        self.history = app.Table(
-            HISTORY_TABLE,
-            default=None,
-            # bytes → Faust's "raw" serializer for the store and the changelog (a Schema would not be).
-            key_type=bytes,
-            value_type=bytes,
-            partitions=s.partitions,
-            options={"driver": "rocksdict", "block_cache_size": s.rocksdb_block_cache_bytes},
-        )
+        self.history = state_table(app, HISTORY_TABLE, s)
         self.batcher: MicroBatcher[_Pending] | None = None
         self._in_order = InOrderAcks()
         # Label lookups cost a dict walk and a lock per event on the hot path: resolve them once.
@@ -295,21 +255,6 @@ class GenrecWorker:
                 await follower.poll()
 
         return follower
-
-    def _credentials(self) -> Any:
-        s = self.settings
-        ctx = s.ssl_context()
-        if s.security_protocol.startswith("SASL"):
-            assert s.sasl_password is not None
-            return faust.SASLCredentials(
-                username=s.sasl_username,
-                password=s.sasl_password.get_secret_value(),
-                mechanism=s.sasl_mechanism,
-                ssl_context=ctx,
-            )
-        if ctx is not None:
-            return faust.SSLCredentials(ctx)
-        return None
 
     # ---------------------------------------------------------------- shared helpers
 
@@ -576,19 +521,15 @@ class GenrecWorker:
                 yield tp.topic, tp.partition, max(0, int(end) - int(r) - 1)
 
     def _pages(self) -> None:
-        app = self.app
-        worker = self
+        def health() -> tuple[int, dict[str, Any]]:
+            return 200, {"status": "ok", "worker": self.settings.worker_id}
 
-        @app.page("/health")
-        async def health(self: Any, request: Any) -> Any:
-            return self.json({"status": "ok", "worker": worker.settings.worker_id})
+        def ready() -> tuple[int, dict[str, Any]]:
+            ok, state = self.ready()
+            return (200 if ok else 503), {"ready": ok, **state}
 
-        @app.page("/ready")
-        async def ready(self: Any, request: Any) -> Any:
-            ok, state = worker.ready()
-            return self.json({"ready": ok, **state}, status=200 if ok else 503)
+        def metrics() -> bytes:
+            self.ready()  # refresh the readiness gauge
+            return self.metrics.render()
 
-        @app.page("/metrics")
-        async def metrics(self: Any, request: Any) -> Any:
-            worker.ready()  # refresh the readiness gauge
-            return self.bytes(worker.metrics.render(), content_type=CONTENT_TYPE)
+        install_pages(self.app, health=health, ready=ready, metrics=metrics, content_type=CONTENT_TYPE)

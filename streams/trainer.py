@@ -35,10 +35,10 @@ from model.tokens import History, action_from_event
 from schemas.messages import Event, EventType, ModelVersion, RecResult, decode
 from streams import history_codec, recovery_watch
 from streams.app import KafkaOutput
+from streams.app_builder import build_faust_app, install_pages, raw_topic, state_table
 from streams.metrics import CONTENT_TYPE
 from streams.models import MODEL_KEY, ModelsTopicTable, publish_version, version_message
 from streams.settings import StreamSettings
-from streams.transport import GenrecFaustApp
 
 log = logging.getLogger(__name__)
 
@@ -94,40 +94,14 @@ class GenrecTrainer:
         self.dataset = "online"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-train",
                                             initializer=self._init_thread)
-        self.app = app = GenrecFaustApp(
-            f"{s.app_id}-trainer",
-            broker=s.broker_url,
-            store="rocksdb://",
-            datadir=str(s.datadir),
-            topic_partitions=s.partitions,
-            topic_replication_factor=s.replication,
-            producer_max_batch_size=s.producer_max_batch_size,
-            producer_acks=-1,
-            broker_session_timeout=s.session_timeout_s,
-            broker_heartbeat_interval=s.heartbeat_interval_s,
-            broker_rebalance_timeout=s.rebalance_timeout_s,
-            broker_request_timeout=s.request_timeout_s,
-            broker_commit_interval=s.commit_interval_s,
-            stream_recovery_delay=0.0,
-            consumer_auto_offset_reset="earliest",
-            table_standby_replicas=0,
-            web_enabled=s.web_enabled,
-            web_port=s.web_port,
-            web_bind=s.web_bind,
-            web_host="127.0.0.1" if s.web_bind in ("0.0.0.0", "127.0.0.1") else s.web_bind,
-            fetch_max_wait_ms=s.fetch_max_wait_ms,
-        )
+        # Its own consumer group: it reads every partition and never takes partitions from the infer replicas.
+        self.app = app = build_faust_app(s, f"{s.app_id}-trainer", standby_replicas=0)
         self.output = KafkaOutput(s.model_copy(update={"results_max_batch_size": s.producer_max_batch_size}))
         app.first_services.append(self.output)
-        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-                               "value_serializer": "raw", "partitions": s.partitions}
-        self.events_topic = app.topic(s.events_topic, **raw)
-        self.results_topic = app.topic(s.results_topic, **raw)
-        opts = {"driver": "rocksdict", "block_cache_size": s.rocksdb_block_cache_bytes}
-        self.history = app.Table("trainer_history", default=None, key_type=bytes, value_type=bytes,
-                                 partitions=s.partitions, options=opts)
-        self.served = app.Table("trainer_served", default=None, key_type=bytes, value_type=bytes,
-                                partitions=s.partitions, options=opts)
+        self.events_topic = raw_topic(app, s.events_topic, s)
+        self.results_topic = raw_topic(app, s.results_topic, s)
+        self.history = state_table(app, "trainer_history", s)
+        self.served = state_table(app, "trainer_served", s)
         self.models = ModelsTopicTable(s)
         recovery_watch.install(app, s.recovery_stall_s, self.metrics.recovery_stalls.inc)
         # Children stop in reverse order: the training loop stops (and saves) before the producer it publishes with.
@@ -365,25 +339,20 @@ class GenrecTrainer:
 
     def _pages(self) -> None:
         app = self.app
-        trainer = self
 
-        @app.page("/health")
-        async def health(self: Any, request: Any) -> Any:
-            return self.json({"status": "ok", "role": "trainer"})
+        def health() -> tuple[int, dict[str, Any]]:
+            return 200, {"status": "ok", "role": "trainer"}
 
-        @app.page("/ready")
-        async def ready(self: Any, request: Any) -> Any:
-            rec = app.tables.recovery
-            ok = trainer._ready and recovery_done(rec) and not app.rebalancing
-            state = {"ready": ok, "learner": trainer._ready,
-                     "step": trainer.learner.trainer.state.step if trainer.learner else None,
-                     "serving_version": trainer.learner.state.serving_version if trainer.learner else None,
-                     "unseen": trainer.learner.unseen if trainer.learner else 0, "busy": trainer.loop.busy}
-            return self.json(state, status=200 if ok else 503)
+        def ready() -> tuple[int, dict[str, Any]]:
+            ok = self._ready and recovery_done(app.tables.recovery) and not app.rebalancing
+            learner = self.learner
+            state = {"ready": ok, "learner": self._ready,
+                     "step": learner.trainer.state.step if learner else None,
+                     "serving_version": learner.state.serving_version if learner else None,
+                     "unseen": learner.unseen if learner else 0, "busy": self.loop.busy}
+            return (200 if ok else 503), state
 
-        @app.page("/metrics")
-        async def metrics(self: Any, request: Any) -> Any:
-            return self.bytes(trainer.metrics.render(), content_type=CONTENT_TYPE)
+        install_pages(app, health=health, ready=ready, metrics=self.metrics.render, content_type=CONTENT_TYPE)
 
 
 class _TrainLoop(Service):

@@ -109,6 +109,46 @@ async def test_security_settings_reach_faust_and_every_client(
         assert _strip_default_mechanism(_client_auth(client)) == want
 
 
+def _faust_clients_auth(app: Any) -> dict[str, dict[str, Any]]:
+    """What each Kafka client a role's Faust app builds would authenticate with (nothing connects)."""
+    thread = app.consumer._new_consumer_thread()
+    return {
+        "worker consumer": _strip_default_mechanism(_client_auth(thread._create_worker_consumer(app.transport))),
+        "changelog producer": _strip_default_mechanism(_client_auth(app.producer._new_producer())),
+        # Each app builds its own TLS context (equal settings, distinct objects): compare that it has one.
+        "credentials": {k: (v is not None) if k == "ssl_context" else v
+                        for k, v in credentials_to_aiokafka_auth(app.conf.broker_credentials).items()},
+    }
+
+
+@pytest.mark.parametrize(("protocol", "mechanism", "cafile"), CASES)
+async def test_worker_and_trainer_roles_get_the_same_security_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, protocol: str, mechanism: str | None, cafile: str | None
+) -> None:
+    # One app builder for both roles (streams/app_builder.py): the trainer once had no broker_credentials.
+    from streams.app import GenrecWorker
+    from streams.trainer import GenrecTrainer
+
+    _env(monkeypatch, protocol, mechanism, cafile)
+    s = StreamSettings(
+        bootstrap="127.0.0.1:1", datadir=tmp_path / "w", web_enabled=False,
+        checkpoint=tmp_path / "ckpt", model_store=tmp_path / "store",  # read only when the trainer starts
+    )
+    worker = GenrecWorker(s)
+    trainer = GenrecTrainer(s.model_copy(update={"datadir": tmp_path / "t", "role": "trainer"}))
+    want = _expected(protocol, mechanism)
+    w, t = _faust_clients_auth(worker.app), _faust_clients_auth(trainer.app)
+    assert w == t
+    assert w["worker consumer"] == want and w["changelog producer"] == want
+    assert _strip_default_mechanism(_client_auth(trainer.output.new_producer())) == want
+    # The other client settings the builder owns are the same too (one-record changelog batches, timeouts).
+    for name in ("producer_max_batch_size", "broker_session_timeout", "broker_request_timeout",
+                 "consumer_auto_offset_reset", "broker_commit_interval"):
+        assert getattr(worker.app.conf, name) == getattr(trainer.app.conf, name), name
+    assert worker.app.fetch_max_wait_ms == trainer.app.fetch_max_wait_ms
+    assert trainer.app.conf.id == f"{s.app_id}-trainer" and trainer.app.conf.table_standby_replicas == 0
+
+
 async def test_the_password_never_appears_in_logs_reprs_or_errors(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
