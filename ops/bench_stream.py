@@ -53,7 +53,7 @@ def genrec_command() -> list[str]:
 def start_worker(
     bootstrap: str,
     checkpoint: Path,
-    datadir: Path,
+    state_dir: Path,
     web_port: int,
     *,
     app_id: str = "genrec",
@@ -69,8 +69,8 @@ def start_worker(
         bootstrap,
         "--checkpoint",
         str(checkpoint),
-        "--datadir",
-        str(datadir),
+        "--state-dir",
+        str(state_dir),
         "--web-port",
         str(web_port),
         "--app-id",
@@ -268,7 +268,7 @@ async def request_load(
 # ------------------------------------------------------------------------ ceiling apps (child processes)
 
 
-def _ceiling_main(mode: str, bootstrap: str, topic: str, n: int, datadir: str, partitions: int) -> None:
+def _ceiling_main(mode: str, bootstrap: str, topic: str, n: int, state_dir: str, partitions: int) -> None:
     """A plain Faust app on `topic`: `passthrough` does nothing per event, `stateful` writes one RocksDB
     table entry per event. Prints {"events", "seconds"} measured between the first and the n-th event."""
     from streams.transport import GenrecFaustApp
@@ -277,7 +277,7 @@ def _ceiling_main(mode: str, bootstrap: str, topic: str, n: int, datadir: str, p
         f"ceiling-{mode}-{uuid.uuid4().hex[:6]}",
         broker=f"kafka://{bootstrap}",
         store="rocksdb://",
-        datadir=datadir,
+        datadir=state_dir,
         web_enabled=False,
         # The changelog must have the source topic's partition count (Faust's default is 8).
         topic_partitions=partitions,
@@ -296,7 +296,7 @@ def _ceiling_main(mode: str, bootstrap: str, topic: str, n: int, datadir: str, p
         seconds = time.perf_counter() - state["t0"]
         # A file, not stdout: Faust's worker takes over the standard streams.
         out = {"mode": mode, "events": state["count"], "seconds": seconds}
-        Path(datadir, "result.json").write_text(json.dumps(out))
+        Path(state_dir, "result.json").write_text(json.dumps(out))
         os._exit(0)  # measured; nothing to commit for a throwaway group
 
     @app.agent(src)

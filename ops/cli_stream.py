@@ -26,7 +26,12 @@ def worker(
     role: str = typer.Option("infer", "--role", help="infer (serving) | trainer (online learning, one replica)."),
     model_store: Path | None = typer.Option(None, "--model-store", envvar="GENREC_MODEL_STORE",
                                             help="Model store: versions the trainer publishes, replicas follow."),
-    datadir: Path | None = typer.Option(None, "--datadir", "--data-dir", help="Faust state (RocksDB) folder."),
+    state_dir: Path | None = typer.Option(None, "--state-dir",
+                                          help="The worker's own RocksDB state folder (env GENREC_STATE_DIR); "
+                                               "never a data set folder."),
+    # The old names of --state-dir, refused rather than aliased: everywhere else --data-dir is the data set
+    # folder, and a worker pointed at one wrote its RocksDB files into it (issue 19).
+    legacy_state_dir: Path | None = typer.Option(None, "--datadir", "--data-dir", hidden=True),
     web_port: int | None = typer.Option(None, "--web-port", help="Port of /health, /ready, /metrics."),
     app_id: str | None = typer.Option(None, "--app-id", help="Faust app id = consumer group (default genrec)."),
     worker_id: str | None = typer.Option(None, "--worker-id", help="Name written into each result."),
@@ -38,11 +43,18 @@ def worker(
     log_level: str | None = typer.Option(None, "--log-level"),
 ) -> None:
     """Run a worker in the foreground until SIGTERM (graceful) — ingest + infer agents over RocksDB."""
+    import os
+
     from pydantic import ValidationError
 
     from streams.settings import StreamSettings
     from streams.worker import run_worker
 
+    if legacy_state_dir is not None or os.environ.get("GENREC_DATADIR"):
+        given = "--datadir/--data-dir" if legacy_state_dir is not None else "GENREC_DATADIR"
+        typer.echo(f"genrec worker: {given} is gone: the worker's state folder is --state-dir (env "
+                   "GENREC_STATE_DIR); --data-dir names a data set folder everywhere else", err=True)
+        raise typer.Exit(2)
     if role not in ("infer", "trainer"):
         typer.echo(f"genrec worker: unknown role {role!r} (infer | trainer)", err=True)
         raise typer.Exit(2)
@@ -52,7 +64,7 @@ def worker(
             checkpoint=checkpoint,
             role=role,
             model_store=model_store,
-            datadir=datadir,
+            state_dir=state_dir,
             web_port=web_port,
             app_id=app_id,
             worker_id=worker_id,
@@ -64,7 +76,10 @@ def worker(
             log_level=log_level,
         )
     except ValidationError as exc:
-        typer.echo(f"genrec worker: invalid settings:\n{exc}", err=True)
+        # One line per error, in full (str(exc) shortens long messages); never the input (secrets).
+        lines = [f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                 for e in exc.errors(include_url=False, include_input=False)]
+        typer.echo("genrec worker: invalid settings:\n" + "\n".join(lines), err=True)
         raise typer.Exit(2) from exc
     raise typer.Exit(run_worker(settings))
 
@@ -80,6 +95,8 @@ def replay(
     events_topic: str = typer.Option("genrec.events", "--events-topic", envvar="GENREC_EVENTS_TOPIC"),
     requests_topic: str = typer.Option("genrec.requests", "--requests-topic", envvar="GENREC_REQUESTS_TOPIC"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    real_times: bool = typer.Option(False, "--real-times", help="Send the data set's own times (a backfill) "
+                                    "instead of shifting the last event to now."),
 ) -> None:
     """Replay a data set's events (and requests) onto Kafka in time order, at a given rate."""
     from model.data import load_dataset
@@ -100,7 +117,8 @@ def replay(
         producer = make_producer(bootstrap, one_record_batches=False, linger_ms=5, acks="all")
         await producer.start()
         try:
-            items = replay_items(dataset_events(ds, limit=limit), requests_every=requests_every, k=k)
+            events = dataset_events(ds, limit=limit, real_times=real_times)
+            items = replay_items(events, requests_every=requests_every, k=k)
             stats = await do_replay(
                 producer,
                 items,

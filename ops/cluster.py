@@ -1,7 +1,7 @@
 """A group of `genrec worker` replicas on one machine: start, kill, terminate, and read who owns what.
 
 Used by `genrec bench scale` and by the scale-out tests. Each replica is a real child process with its own
-`--datadir` and web port, all in one consumer group (one `--app-id`). Ownership comes from each replica's
+`--state-dir` and web port, all in one consumer group (one `--app-id`). Ownership comes from each replica's
 `/ready` answer (`active`/`standby` partitions by topic), never from guessing the assignor.
 """
 
@@ -55,7 +55,7 @@ def cpu_seconds(pid: int, descendants: bool = True) -> float | None:
 class Replica:
     name: str
     port: int
-    datadir: Path
+    state_dir: Path
     proc: subprocess.Popen[bytes]
 
     @property
@@ -84,23 +84,23 @@ class LocalCluster:
     def log_path(self) -> Path:
         return self.base / "workers.log"
 
-    def start(self, name: str, datadir: Path | None = None) -> Replica:
+    def start(self, name: str, state_dir: Path | None = None) -> Replica:
         """Start a replica (does not wait for it); its results carry `name` as their `worker`."""
         from ops.broker import free_port
 
         self.base.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        datadir = datadir or self.base / f"state-{name}"
+        state_dir = state_dir or self.base / f"state-{name}"
         proc = start_worker(
             self.bootstrap,
             self.checkpoint,
-            datadir,
+            state_dir,
             port,
             app_id=self.app_id,
             log_path=self.log_path,
             env={**self.env, "GENREC_WORKER_ID": name},
         )
-        rep = self.replicas[name] = Replica(name, port, datadir, proc)
+        rep = self.replicas[name] = Replica(name, port, state_dir, proc)
         return rep
 
     def live(self) -> list[Replica]:

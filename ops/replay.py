@@ -1,9 +1,11 @@
 """`genrec replay`: a data set → `Event`s (and `RecRequest`s) onto Kafka in time order, at a given rate.
 
-Every user's events are merged into one global time order. Timestamps are shifted by one constant so
-that the last replayed event lands at "now" (relative times — what the model sees — are unchanged):
-the schemas reject times before 2000, and ML-100K was logged in 1997–98. Data sets without time
-(ML-1M here) get one second per event in file order.
+Every user's events are merged into one global time order. By default timestamps are shifted by one
+constant so that the last replayed event lands at "now" (relative times — what the model sees — are
+unchanged), which makes a replay look like live traffic: latencies and the requests' clocks are today's.
+`--real-times` sends the data set's own times instead (ML-100K's 1997–98, a backfill); the schemas accept
+any time from 1980 on. Data sets without time (ML-1M here) get one second per event in file order,
+shifted to "now" in both modes.
 """
 
 from __future__ import annotations
@@ -38,8 +40,14 @@ class ReplayItem:
     message: Event | RecRequest
 
 
-def dataset_events(ds: Any, *, limit: int | None = None, now_ms: int | None = None) -> Iterator[Event]:
-    """The data set's events as `Event`s, in global time order (ties: user order, then file order)."""
+def dataset_events(
+    ds: Any, *, limit: int | None = None, now_ms: int | None = None, real_times: bool = False
+) -> Iterator[Event]:
+    """The data set's events as `Event`s, in global time order (ties: user order, then file order).
+
+    `real_times`: keep the data set's own timestamps (a historical backfill) instead of shifting the last one
+    to `now_ms`.
+    """
     n_users = len(ds.user_ids)
     has_time = bool(getattr(ds, "has_time", True))
     ts_ms: list[np.ndarray] = []
@@ -51,6 +59,8 @@ def dataset_events(ds: Any, *, limit: int | None = None, now_ms: int | None = No
         if len(t):
             last = max(last, int(t.max()))
     shift = (now_ms if now_ms is not None else int(time.time() * 1000)) - last
+    if real_times and has_time:
+        shift = 0
     # heap of (ts, user, position): a k-way merge of per-user time-ordered sequences.
     heap = [(int(ts_ms[u][0]), u, 0) for u in range(n_users) if len(ts_ms[u])]
     heapq.heapify(heap)

@@ -22,8 +22,12 @@ MAX_K = 1000
 MAX_RAW_BYTES = 4096
 MAX_ERROR_LEN = 1024
 MAX_MESSAGE_BYTES = 64 * 1024
-# 2000-01-01 .. 2100-01-01 in epoch milliseconds: rejects seconds-for-milliseconds mix-ups and garbage.
-MIN_TS_MS = 946_684_800_000
+# 1980-01-01 .. 2100-01-01 in epoch milliseconds. From 1980, so that upstream apps can backfill real
+# historical events (MovieLens-100K is from 1997–98); any epoch-seconds value of our era is below 1e10, far
+# below 1980 in milliseconds (3.2e11), so a seconds-for-milliseconds mix-up is still refused. The static upper
+# bound only catches garbage: receivers also refuse times past their own clock plus the allowed skew
+# (`check_not_ahead`, the worker's `max_ahead_s`).
+MIN_TS_MS = 315_532_800_000
 MAX_TS_MS = 4_102_444_800_000
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)]

@@ -48,7 +48,7 @@ def build_faust_app(settings: StreamSettings, app_id: str, *, standby_replicas: 
         broker=s.broker_url,
         broker_credentials=faust_credentials(s),
         store="rocksdb://",
-        datadir=str(s.datadir),
+        datadir=str(s.state_dir),
         topic_partitions=s.partitions,
         topic_replication_factor=s.replication,
         table_standby_replicas=standby_replicas,

@@ -7,13 +7,15 @@ timeouts through the environment.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -26,6 +28,59 @@ def default_bootstrap() -> str:
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+# Files of the data sets genrec reads (model/data.py) and of common interaction dumps. A state folder holding
+# one is a data set folder given by mistake: Faust would write RocksDB files into it, and every later worker
+# pointed there would reuse that stale state.
+_DATASET_NAMES = frozenset({"u.data", "u.item", "u.user", "ratings.dat", "movies.dat", "users.dat",
+                            "interactions.csv", "ratings.csv"})
+_DATASET_SUFFIXES = (".tsv", ".tsv.gz", ".csv", ".csv.gz", ".txt.gz", ".dat", ".parquet", ".jsonl", ".jsonl.gz")
+# A state folder is small at its top two levels (Faust: v1/tables/<table>-<partition>.db); bound the scan so
+# that a huge folder given by mistake costs milliseconds, not a walk of the disk.
+_SCAN_LIMIT = 2000
+
+
+class StateDirError(ValueError):
+    """The state folder given to a worker is not one (it holds a data set's files)."""
+
+
+def _looks_like_dataset_file(name: str) -> bool:
+    low = name.lower()
+    return low in _DATASET_NAMES or low.endswith(_DATASET_SUFFIXES)
+
+
+def check_state_dir(path: Path) -> Path:
+    """Refuse a folder that holds data-set files (at its top or one level down) as a worker's state folder.
+
+    One level down as well: `../shared/data` holds `ml-100k/u.data`. A missing or empty folder is fine
+    (Faust creates it); RocksDB's own files never match.
+    """
+    if not path.is_dir():
+        return path
+    for entry in itertools.islice(_scan(path), 4 * _SCAN_LIMIT):
+        if _looks_like_dataset_file(entry.name) and entry.is_file():
+            raise StateDirError(
+                f"state folder {str(path)!r} holds data-set files ({entry.relative_to(path)}): it looks like a "
+                "data set folder (--data-dir of the other commands). Give the worker a folder of its own for "
+                "its RocksDB state with --state-dir (env GENREC_STATE_DIR)."
+            )
+    return path
+
+
+def _scan(path: Path) -> Iterator[Path]:
+    """The folder's entries, then its subfolders' entries, at most _SCAN_LIMIT of each listing."""
+    try:
+        top = list(itertools.islice(path.iterdir(), _SCAN_LIMIT))
+    except OSError:
+        return
+    yield from top
+    for sub in top:
+        if sub.is_dir() and not sub.is_symlink():
+            try:
+                yield from itertools.islice(sub.iterdir(), _SCAN_LIMIT)
+            except OSError:
+                continue
 
 
 class StreamSettings(BaseSettings):
@@ -41,7 +96,8 @@ class StreamSettings(BaseSettings):
     app_id: str = Field(default="genrec", min_length=1, description="Faust app id = consumer group")
     worker_id: str = Field(default_factory=_default_worker_id, min_length=1, max_length=128)
     role: Literal["infer", "trainer"] = "infer"
-    datadir: Path = Path("genrec-data")
+    # The worker's own RocksDB state (Faust's datadir). Never a data set folder: see check_state_dir.
+    state_dir: Path = Path("genrec-state")
     checkpoint: Path | None = None
     # Model versions (issue 4): the directory the trainer publishes into; a ModelVersion's path must lie in it.
     # Without it an infer worker serves --checkpoint only and does not follow genrec.models.
@@ -111,6 +167,11 @@ class StreamSettings(BaseSettings):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir_is_not_a_data_set(cls, v: Path) -> Path:
+        return check_state_dir(v)
 
     @model_validator(mode="after")
     def _check(self) -> StreamSettings:

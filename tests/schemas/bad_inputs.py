@@ -56,6 +56,7 @@ def _common(good: dict[str, Any], id_field: str) -> list[BadCase]:
         ("user_id as number", _j({**good, "user_id": 7}), "wrong_type"),
         ("negative ts", _j({**good, "ts": -5}), "out_of_bounds"),
         ("ts in seconds", _j({**good, "ts": TS // 1000}), "out_of_bounds"),
+        ("ts before 1980", _j({**good, "ts": 315_532_799_999}), "out_of_bounds"),
         ("far-future ts", _j({**good, "ts": YEAR_2200_MS}), "out_of_bounds"),
         (f"over-long {id_field}", _j({**good, id_field: "x" * (MAX_ID_LEN + 1)}), "out_of_bounds"),
         ("over-long user_id", _j({**good, "user_id": "u" * 10_000}), "out_of_bounds"),

@@ -22,6 +22,7 @@ from schemas import (
     decode,
     encode,
     json_schemas,
+    rejection,
 )
 
 TS = 1_700_000_000_000
@@ -115,3 +116,35 @@ def test_near_valid_requests_either_validate_within_bounds_or_raise(fields: dict
     assert 1 <= r.k <= MAX_K
     assert r.query is None or 0 < len(r.query) <= MAX_QUERY_LEN
     assert isinstance(r.ts, int)
+
+
+# ---- timestamps (issue 19 item 7): historical backfills are accepted, seconds are still caught ----------------
+
+ML100K_FIRST_S = 874_724_710  # the earliest event of MovieLens-100K (1997-09-20), in epoch seconds
+JAN_1980_MS = 315_532_800_000
+
+
+@pytest.mark.parametrize(
+    "ts_ms",
+    [ML100K_FIRST_S * 1000, 893_286_638_000, JAN_1980_MS, 946_684_799_999, TS],
+    ids=["ml-100k first", "ml-100k last", "1980-01-01", "1999-12-31", "2023"],
+)
+def test_historical_times_from_1980_on_are_accepted(ts_ms: int) -> None:
+    e = decode(Event, json.dumps({**GOOD_EVENT, "ts": ts_ms}).encode())
+    r = decode(RecRequest, json.dumps({**GOOD_REQUEST, "ts": ts_ms}).encode())
+    assert e.ts == r.ts == ts_ms
+
+
+def test_a_time_before_1980_is_out_of_bounds() -> None:
+    with pytest.raises(ValidationError) as exc:
+        decode(Event, json.dumps({**GOOD_EVENT, "ts": JAN_1980_MS - 1}).encode())
+    assert rejection(exc.value, b"x")[0] == "out_of_bounds"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=10**10 - 1))
+def test_any_epoch_seconds_value_is_refused_as_milliseconds(ts_s: int) -> None:
+    # Epoch seconds stay below 1e10 until the year 2286: each is refused, never read as a 1970 date.
+    with pytest.raises(ValidationError) as exc:
+        decode(Event, json.dumps({**GOOD_EVENT, "ts": ts_s}).encode())
+    assert rejection(exc.value, b"x")[0] == "out_of_bounds"

@@ -89,7 +89,7 @@ class WorkerHandle:
     def log_path(self) -> Path:
         return self.base / "worker.log"
 
-    def start(self, datadir: Path | None = None, ready_timeout_s: float = 90.0) -> float:
+    def start(self, state_dir: Path | None = None, ready_timeout_s: float = 90.0) -> float:
         from ops.broker import free_port
 
         if self.starts == 0:
@@ -99,7 +99,7 @@ class WorkerHandle:
         proc = start_worker(
             self.bootstrap,
             self.checkpoint,
-            datadir or self.base / f"state{self.starts}",
+            state_dir or self.base / f"state{self.starts}",
             self.port,
             app_id=self.app_id,
             log_path=self.log_path,

@@ -15,7 +15,7 @@ def worker(tmp_path: Path):
 
     s = StreamSettings(
         bootstrap="127.0.0.1:1",
-        datadir=tmp_path,
+        state_dir=tmp_path,
         events_topic="x.events",
         requests_topic="x.requests",
         partitions=5,

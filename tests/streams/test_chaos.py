@@ -168,7 +168,7 @@ def test_sigkill_at_random_moments_loses_nothing(worker_factory) -> None:
     rng = random.Random(SEED)
     w: WorkerHandle = worker_factory()
     first = w.base / "state-a"
-    w.start(datadir=first)
+    w.start(state_dir=first)
     replay = Replay(w.topics)
     asked = [f"user{i}" for i in range(8 * SCALE)]
     replay.add_events(asked, 8, rng)
@@ -180,7 +180,7 @@ def test_sigkill_at_random_moments_loses_nothing(worker_factory) -> None:
     w.proc.send_signal(signal.SIGKILL)
     at_kill = [p.sent]
     w.proc.wait(10)
-    w.start(datadir=first)  # the same state directory: local RocksDB state plus the changelog
+    w.start(state_dir=first)  # the same state directory: local RocksDB state plus the changelog
     p.finish(120)
     hist = _wait_histories(w, replay, 90)
     _check_exactly_once(hist, replay, w)
@@ -194,12 +194,12 @@ def test_sigkill_at_random_moments_loses_nothing(worker_factory) -> None:
     # Slow enough that the replay spans both kills and the restart in between.
     p = PacedProducer(w.bootstrap, tail, rate=5 * SCALE)
     p.begin()
-    for datadir in (w.base / "state-empty", first):
+    for state_dir in (w.base / "state-empty", first):
         time.sleep(rng.uniform(0.5, 1.5))
         w.proc.send_signal(signal.SIGKILL)
         at_kill.append(p.sent)
         w.proc.wait(10)
-        w.start(datadir=datadir)  # an empty directory: everything from the changelog
+        w.start(state_dir=state_dir)  # an empty directory: everything from the changelog
     p.finish(120)
     got = _check_results(w, replay, 120)
     hist = _wait_histories(w, replay, 90)

@@ -80,7 +80,7 @@ def test_sigterm_mid_backlog_finishes_in_flight_commits_it_and_leaves(worker_fac
     assert below - answered == set(), f"acknowledged without a result: {sorted(below - answered)[:10]}"
     assert answered - below == set(), f"answered but left uncommitted: {sorted(answered - below)[:10]}"
 
-    w.start(datadir=w.base / "state1")
+    w.start(state_dir=w.base / "state1")
     recs = read_until(w.bootstrap, t.results, lambda r: len(r) >= N, timeout_s=180)
     time.sleep(1.0)  # a second answer for anything would be on the topic by now
     recs = read_until(w.bootstrap, t.results, lambda r: len(r) > N, timeout_s=3.0)

@@ -31,10 +31,18 @@ def test_ml100k_slice_is_schema_valid(data_dir):
     ds = load_dataset("ml-100k", data_dir)
     evs = list(dataset_events(ds, limit=500))
     assert len(evs) == 500
-    # 1997 timestamps are below the schemas' lower bound: the shift makes them valid.
     for e in evs:
         Event.model_validate(e.model_dump())
         assert e.type.value in ("click", "impression")
+
+
+def test_ml100k_backfill_with_its_real_1997_times_is_schema_valid(data_dir):
+    ds = load_dataset("ml-100k", data_dir)
+    evs = list(dataset_events(ds, limit=500, real_times=True))
+    assert [e.ts for e in evs][:3] == sorted(int(t) * 1000 for u in range(len(ds.user_ids)) for t in ds.ts[u])[:3]
+    for e in evs:
+        assert decode(Event, e.model_dump_json()) == e
+        assert 1997 <= time.gmtime(e.ts / 1000).tm_year <= 1998
 
 
 def test_requests_every_m_events():

@@ -79,7 +79,7 @@ async def test_security_settings_reach_faust_and_every_client(
     from streams.app import GenrecWorker, KafkaOutput
 
     _env(monkeypatch, protocol, mechanism, cafile)
-    s = StreamSettings(bootstrap="127.0.0.1:1", datadir=tmp_path, web_enabled=False)
+    s = StreamSettings(bootstrap="127.0.0.1:1", state_dir=tmp_path, web_enabled=False)
     want = _expected(protocol, mechanism)
     worker = GenrecWorker(s)
     app = worker.app
@@ -131,11 +131,11 @@ async def test_worker_and_trainer_roles_get_the_same_security_settings(
 
     _env(monkeypatch, protocol, mechanism, cafile)
     s = StreamSettings(
-        bootstrap="127.0.0.1:1", datadir=tmp_path / "w", web_enabled=False,
+        bootstrap="127.0.0.1:1", state_dir=tmp_path / "w", web_enabled=False,
         checkpoint=tmp_path / "ckpt", model_store=tmp_path / "store",  # read only when the trainer starts
     )
     worker = GenrecWorker(s)
-    trainer = GenrecTrainer(s.model_copy(update={"datadir": tmp_path / "t", "role": "trainer"}))
+    trainer = GenrecTrainer(s.model_copy(update={"state_dir": tmp_path / "t", "role": "trainer"}))
     want = _expected(protocol, mechanism)
     w, t = _faust_clients_auth(worker.app), _faust_clients_auth(trainer.app)
     assert w == t
@@ -156,7 +156,7 @@ async def test_the_password_never_appears_in_logs_reprs_or_errors(
 
     _env(monkeypatch, "SASL_SSL", "SCRAM-SHA-256", CA)
     caplog.set_level(logging.DEBUG)
-    s = StreamSettings(bootstrap="127.0.0.1:1", datadir=tmp_path, web_enabled=False)
+    s = StreamSettings(bootstrap="127.0.0.1:1", state_dir=tmp_path, web_enabled=False)
     worker = GenrecWorker(s)
     sec = KafkaSecurity.from_env()
     logging.getLogger("genrec.worker").info("settings: %s", s.safe_dump())  # what run_worker logs
@@ -186,7 +186,7 @@ async def test_the_password_never_appears_in_logs_reprs_or_errors(
 async def test_the_web_port_serves_health_ready_and_metrics_only(tmp_path: Path) -> None:
     from streams.app import GenrecWorker
 
-    worker = GenrecWorker(StreamSettings(bootstrap="127.0.0.1:1", datadir=tmp_path, web_port=6999))
+    worker = GenrecWorker(StreamSettings(bootstrap="127.0.0.1:1", state_dir=tmp_path, web_port=6999))
     web = worker.app.web
     web.init_server()
     paths = {r.resource.canonical for r in web.web_app.router.routes()}
@@ -241,7 +241,7 @@ async def test_the_workers_side_clients_get_the_same_security(
     from streams.worker import _existing_partitions
 
     _env(monkeypatch, protocol, mechanism, cafile)
-    s = StreamSettings(bootstrap="127.0.0.1:1", datadir=tmp_path, web_enabled=False)
+    s = StreamSettings(bootstrap="127.0.0.1:1", state_dir=tmp_path, web_enabled=False)
     seen: list[dict[str, Any]] = []
 
     def capture(*args: Any, **kwargs: Any) -> Any:
@@ -293,7 +293,7 @@ def test_a_worker_failing_sasl_at_debug_level_never_prints_the_password(
         GENREC_LOG_LEVEL="debug",
     )
     cmd = [*genrec_command(), "worker", "--bootstrap", bootstrap, "--checkpoint", str(checkpoint)]
-    cmd += ["--datadir", str(tmp_path / "d"), "--web-port", str(free_port())]
+    cmd += ["--state-dir", str(tmp_path / "d"), "--web-port", str(free_port())]
     p = subprocess.run(cmd, env=env, capture_output=True, timeout=150)
     out = (p.stdout + p.stderr).decode(errors="replace")
     assert p.returncode != 0, out[-2000:]

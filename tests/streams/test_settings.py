@@ -74,3 +74,45 @@ def test_sasl_password_never_leaks(monkeypatch):
     kw = s.aiokafka_security()
     assert kw["sasl_plain_password"] == "hunter2-secret"
     assert kw["sasl_mechanism"] == "SCRAM-SHA-256" and kw["security_protocol"] == "SASL_PLAINTEXT"
+
+
+# ---- the state folder (issue 19 item 7) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "files",
+    [["u.data", "u.item"], ["ml-100k/u.data"], ["amazon-beauty/Beauty_5core_timestamped.tsv.gz"],
+     ["interactions.csv"], ["ml-1m/ratings.dat"]],
+    ids=["ml-100k folder", "shared data folder", "amazon", "csv dump", "ml-1m ratings"],
+)
+def test_a_data_set_folder_is_refused_as_the_state_folder(tmp_path, files):
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("1\t2\t3\t874965758\n")
+    with pytest.raises(ValidationError) as exc:
+        StreamSettings(state_dir=tmp_path)
+    msg = exc.value.errors()[0]["msg"]
+    assert "data-set files" in msg and "--state-dir" in msg
+    assert any(f.split("/")[-1] in msg for f in files)
+
+
+def test_the_real_shared_data_folder_is_refused(data_dir):
+    with pytest.raises(ValidationError, match="looks like a data set folder"):
+        StreamSettings(state_dir=data_dir)
+
+
+def test_missing_empty_and_used_state_folders_are_accepted(tmp_path):
+    assert StreamSettings(state_dir=tmp_path / "absent").state_dir == tmp_path / "absent"
+    assert StreamSettings(state_dir=tmp_path).state_dir == tmp_path
+    # What Faust and RocksDB leave in a state folder (and the stream benchmark's result file).
+    tables = tmp_path / "genrec-data" / "v1" / "tables" / "user_history-0.db"
+    tables.mkdir(parents=True)
+    for name in ("000012.log", "000011.sst", "CURRENT", "LOG", "MANIFEST-000005", "OPTIONS-000007"):
+        (tables / name).write_bytes(b"x")
+    (tmp_path / "result.json").write_text("{}")
+    assert StreamSettings(state_dir=tmp_path).state_dir == tmp_path
+
+
+def test_state_dir_comes_from_its_own_env_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENREC_STATE_DIR", str(tmp_path / "s"))
+    assert StreamSettings().state_dir == tmp_path / "s"

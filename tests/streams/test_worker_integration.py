@@ -141,7 +141,7 @@ def test_history_survives_sigkill_and_restart_on_empty_state(worker_factory) -> 
     w.proc.send_signal(signal.SIGKILL)
     w.proc.wait(10)
     # A new state directory: the history can only come back from the changelog.
-    w.start(datadir=w.base / "empty-state")
+    w.start(state_dir=w.base / "empty-state")
     produce(w.bootstrap, [(t.requests, user.encode(), encode(_request(user, "after-restart", k=10)))])
     after = _result_for(w, "after-restart")
     # Same model, same request time, same history ⇒ the same list (an empty history would give another).
@@ -151,7 +151,7 @@ def test_history_survives_sigkill_and_restart_on_empty_state(worker_factory) -> 
     # And once more on the first state directory (persisted offsets vs. the broker's end offsets).
     w.proc.send_signal(signal.SIGKILL)
     w.proc.wait(10)
-    w.start(datadir=w.base / "state1")
+    w.start(state_dir=w.base / "state1")
     produce(w.bootstrap, [(t.requests, user.encode(), encode(_request(user, "after-second-restart", k=10)))])
     again = _result_for(w, "after-second-restart")
     assert [i.item_id for i in again.items] == [i.item_id for i in before.items]
