@@ -6,10 +6,12 @@ message cannot make a worker allocate without limit. Values are UTF-8 JSON objec
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import time
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -22,6 +24,21 @@ MAX_K = 1000
 MAX_RAW_BYTES = 4096
 MAX_ERROR_LEN = 1024
 MAX_MESSAGE_BYTES = 64 * 1024
+# Headers a dead letter keeps of its source record: count, key length, value bytes, all headers together.
+MAX_HEADERS = 32
+MAX_HEADER_KEY_LEN = 256
+MAX_HEADER_VALUE_BYTES = 4096
+MAX_HEADER_BYTES = 24 * 1024  # JSON-encoded keys + base64 values
+# A dead letter's encoded size, whatever was received (the raw text alone can grow 6× in JSON escapes).
+MAX_DEAD_LETTER_BYTES = 192 * 1024
+# Set by `genrec deadletters redrive` on each record it sends again: how often it was redriven. A worker copies
+# it into the record's next dead letter (`DeadLetter.redrives`), so a redrive can skip what failed again.
+REDRIVE_HEADER = "genrec-redrive-count"
+
+
+def _b64_len(n: int) -> int:
+    return 4 * ((n + 2) // 3)
+
 # 1980-01-01 .. 2100-01-01 in epoch milliseconds. From 1980, so that upstream apps can backfill real
 # historical events (MovieLens-100K is from 1997–98); any epoch-seconds value of our era is below 1e10, far
 # below 1980 in milliseconds (3.2e11), so a seconds-for-milliseconds mix-up is still refused. The static upper
@@ -47,6 +64,8 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
 
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
+    # The most bytes `decode` reads for this message (a DeadLetter carries a whole record, so it has more).
+    max_bytes: ClassVar[int] = MAX_MESSAGE_BYTES
 
 
 def _finite(v: float | None) -> float | None:
@@ -115,9 +134,25 @@ class RecResult(_Message):
     worker: str = Field(max_length=MAX_ID_LEN)
 
 
+class DeadLetterHeader(_Message):
+    model_config = ConfigDict(str_strip_whitespace=False)
+
+    key: str = Field(max_length=MAX_HEADER_KEY_LEN)
+    value_b64: str | None = Field(default=None, max_length=_b64_len(MAX_HEADER_VALUE_BYTES))
+
+
 class DeadLetter(_Message):
+    """A record a worker could not process, with what it takes to read it and to send it again.
+
+    `raw` is for people (the first MAX_RAW_BYTES as text); `value_b64`, `key_b64`, `headers` and `timestamp_ms`
+    are the record as it came, for `genrec deadletters redrive`. Dead letters written before these fields
+    existed have none of them and cannot be redriven. `redrives` counts how often the record had already been
+    redriven when it failed (REDRIVE_HEADER): a redrive skips a record that failed again after one.
+    """
+
     # The offending bytes as they came: stripping whitespace here would alter the evidence.
     model_config = ConfigDict(str_strip_whitespace=False)
+    max_bytes: ClassVar[int] = MAX_DEAD_LETTER_BYTES
 
     source_topic: str = Field(max_length=256)
     partition: int = Field(ge=-1)
@@ -126,6 +161,107 @@ class DeadLetter(_Message):
     # The offending bytes, decoded with errors="replace" and truncated to MAX_RAW_BYTES.
     raw: str = Field(max_length=MAX_RAW_BYTES + 64)
     error: str = Field(max_length=MAX_ERROR_LEN + 64)
+    # Since issue 19: the reason alone (also the prefix of `error`), and the record itself.
+    reason: str | None = Field(default=None, max_length=32)
+    value_b64: str | None = Field(default=None, max_length=_b64_len(MAX_MESSAGE_BYTES))
+    key_b64: str | None = Field(default=None, max_length=_b64_len(MAX_RAW_BYTES))
+    headers: list[DeadLetterHeader] = Field(default_factory=list, max_length=MAX_HEADERS)
+    timestamp_ms: int | None = None
+    # Value, key or headers cut to their bounds (or a null value): the record cannot be sent again as it was.
+    truncated: bool = False
+    redrives: int = Field(default=0, ge=0)
+
+    @property
+    def reason_name(self) -> str:
+        """The reason, also for dead letters written before `reason` had a field of its own."""
+        return self.reason or self.error.split(":", 1)[0].strip()
+
+    @property
+    def redrivable(self) -> bool:
+        return self.value_b64 is not None and not self.truncated
+
+    def record(self) -> tuple[bytes | None, bytes, list[tuple[str, bytes | None]]]:
+        """(key, value, headers) as the source record had them; ValueError if that cannot be rebuilt."""
+        if not self.redrivable:
+            raise ValueError("this dead letter does not hold the whole record")
+        assert self.value_b64 is not None
+        key = base64.b64decode(self.key_b64, validate=True) if self.key_b64 is not None else None
+        value = base64.b64decode(self.value_b64, validate=True)
+        headers = [(h.key, base64.b64decode(h.value_b64, validate=True) if h.value_b64 is not None else None)
+                   for h in self.headers]
+        return key, value, headers
+
+
+def redrive_count(headers: Any) -> int:
+    """How often a record was redriven, from its REDRIVE_HEADER (0 when absent or unreadable)."""
+    for k, v in _header_items(headers):
+        if k == REDRIVE_HEADER:
+            try:
+                return max(0, int(bytes(v or b"").decode("ascii")))
+            except (ValueError, UnicodeDecodeError):
+                return 0
+    return 0
+
+
+def _header_items(headers: Any) -> list[tuple[str, bytes | None]]:
+    if not headers:
+        return []
+    items = headers.items() if isinstance(headers, dict) else headers
+    out: list[tuple[str, bytes | None]] = []
+    for k, v in items:
+        key = k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)
+        out.append((key, v if isinstance(v, bytes | None) else str(v).encode("utf-8")))
+    return out
+
+
+def dead_letter(
+    *,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    reason: str,
+    error: str,
+    headers: Any = None,
+    timestamp_ms: int | None = None,
+) -> DeadLetter:
+    """The dead letter of one source record, every part within its bound (encoded, under MAX_DEAD_LETTER_BYTES)."""
+    truncated = value is None or len(value) > MAX_MESSAGE_BYTES
+    if key is not None and len(key) > MAX_RAW_BYTES:
+        truncated = True
+    kept: list[DeadLetterHeader] = []
+    budget = MAX_HEADER_BYTES
+    for k, v in _header_items(headers):
+        if len(kept) >= MAX_HEADERS or len(k) > MAX_HEADER_KEY_LEN or len(v or b"") > MAX_HEADER_VALUE_BYTES:
+            truncated = True
+            continue
+        v64 = _b64(v) if v is not None else None
+        size = len(json.dumps(k)) + len(v64 or "")  # as written: a key of control characters grows 6×
+        if size > budget:
+            truncated = True
+            continue
+        budget -= size
+        kept.append(DeadLetterHeader(key=k, value_b64=v64))
+    return DeadLetter(
+        source_topic=source_topic[:256],
+        partition=partition,
+        offset=offset,
+        key=truncate_raw(key) if key is not None else None,
+        raw=truncate_raw(value),
+        error=f"{reason}: {error}"[:MAX_ERROR_LEN],
+        reason=reason[:32],
+        value_b64=_b64(value[:MAX_MESSAGE_BYTES]) if value is not None else None,
+        key_b64=_b64(key[:MAX_RAW_BYTES]) if key is not None else None,
+        headers=kept,
+        timestamp_ms=timestamp_ms,
+        truncated=truncated,
+        redrives=redrive_count(headers),
+    )
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
 
 
 class ModelVersion(_Message):
@@ -171,8 +307,8 @@ def decode(model: type[_Message], raw: bytes | str | None) -> Any:
         raise MessageEmpty("null message value (a tombstone)")
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise MessageTooLarge(f"message of {len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte bound")
+    if len(raw) > model.max_bytes:
+        raise MessageTooLarge(f"message of {len(raw)} bytes exceeds the {model.max_bytes}-byte bound")
     # model_validate_json rejects invalid UTF-8, NaN/Infinity literals and non-objects with a clear error.
     return model.model_validate_json(raw)
 

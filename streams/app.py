@@ -27,8 +27,6 @@ from mode import Service
 from model.checkpoint import resolve_in_store
 from model.tokens import action_from_event
 from schemas.messages import (
-    MAX_ERROR_LEN,
-    DeadLetter,
     Event,
     EventType,
     ModelVersion,
@@ -36,10 +34,10 @@ from schemas.messages import (
     RecResult,
     ScoredItem,
     check_not_ahead,
+    dead_letter,
     decode,
     encode,
     rejection,
-    truncate_raw,
 )
 from streams import history_codec, recovery_watch
 from streams.acks import InOrderAcks
@@ -165,6 +163,9 @@ class _Pending:
     offset: int
     ack: Callable[[], Awaitable[Any]]
     received: float = field(default_factory=time.perf_counter)
+    # The record as it came, for its dead letter should the model fail on it.
+    value: bytes | None = None
+    headers: Any = None
 
 
 def _header(headers: Any, name: str) -> bytes | None:
@@ -261,13 +262,17 @@ class GenrecWorker:
     async def _dead_letter(self, message: Any, error: BaseException) -> asyncio.Future[Any]:
         """Send the rejected message with its source position and reason; resolves when confirmed."""
         reason, text = rejection(error, message.value)
-        dl = DeadLetter(
+        # The record whole (value, key, headers, timestamp), so that it can be redriven after a fix.
+        dl = dead_letter(
             source_topic=message.topic,
             partition=message.partition,
             offset=message.offset,
-            key=truncate_raw(message.key) if message.key is not None else None,
-            raw=truncate_raw(message.value),
-            error=f"{reason}: {text}"[:MAX_ERROR_LEN],
+            key=message.key,
+            value=message.value,
+            reason=reason,
+            error=text,
+            headers=message.headers,
+            timestamp_ms=self._kafka_ts_ms(message),
         )
         self.metrics.dead_letters.labels(source_topic=message.topic).inc()
         self.metrics.rejected.labels(source_topic=message.topic, reason=reason).inc()
@@ -408,7 +413,8 @@ class GenrecWorker:
         self.metrics.requests.labels(source=source).inc()
         # Read here, in the request's own partition context (the table is co-partitioned with it).
         history = self.history.get(key)
-        await batcher.put(_Pending(req, source, history, self._kafka_ts_ms(m), key, m.partition, m.offset, ack))
+        await batcher.put(_Pending(req, source, history, self._kafka_ts_ms(m), key, m.partition, m.offset, ack,
+                                   value=m.value, headers=m.headers))
         self.metrics.pending.set(batcher.pending)
 
     async def _handle_batch(self, batch: list[_Pending]) -> None:
@@ -436,13 +442,16 @@ class GenrecWorker:
         for p, out in zip(batch, outcomes, strict=True):
             if isinstance(out, Exception):
                 self.metrics.failed_requests.inc()
-                dl = DeadLetter(
+                dl = dead_letter(
                     source_topic=s.requests_topic,
                     partition=p.partition,
                     offset=p.offset,
-                    key=p.key.decode("utf-8", "replace"),
-                    raw=truncate_raw(encode(p.request)),
-                    error=f"inference: {type(out).__name__}: {out}"[:MAX_ERROR_LEN],
+                    key=p.key,
+                    value=p.value if p.value is not None else encode(p.request),
+                    reason="inference",
+                    error=f"{type(out).__name__}: {out}",
+                    headers=p.headers,
+                    timestamp_ms=p.produced_ms,
                 )
                 self.metrics.dead_letters.labels(source_topic=s.requests_topic).inc()
                 self.metrics.rejected.labels(source_topic=s.requests_topic, reason="inference").inc()

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from ops.bench_stream import http_get
 from schemas.messages import (
+    MAX_MESSAGE_BYTES,
     DeadLetter,
     Event,
     RecRequest,
@@ -204,14 +205,27 @@ def test_bad_input_matrix_and_fuzz_against_the_worker(worker_factory) -> None:
     got_dl = Counter((d.source_topic, d.raw, d.error.split(":", 1)[0]) for d in dls)
     assert got_dl == expected_dl, f"missing {expected_dl - got_dl}, unexpected {got_dl - expected_dl}"
     sources = (t.events, t.requests)
-    src: dict[tuple[str, int, int], bytes | None] = {}
+    src: dict[tuple[str, int, int], Any] = {}
     for topic in sources:
         # Everything was produced long ago: a few quiet seconds read the whole topic.
         for r in read_until(w.bootstrap, topic, lambda r: False, timeout_s=4):
-            src[(topic, r.partition, r.offset)] = r.value
+            src[(topic, r.partition, r.offset)] = r
+    redrivable = 0
     for d in dls:
         assert (d.source_topic, d.partition, d.offset) in src, d
-        assert truncate_raw(src[(d.source_topic, d.partition, d.offset)]) == d.raw
+        rec = src[(d.source_topic, d.partition, d.offset)]
+        assert truncate_raw(rec.value) == d.raw
+        # The record whole, as it came (issue 19 item 9): what `genrec deadletters redrive` sends again.
+        assert d.reason == d.reason_name == d.error.split(":", 1)[0]
+        assert d.timestamp_ms == rec.timestamp
+        if rec.value is None or len(rec.value) > MAX_MESSAGE_BYTES:
+            assert d.truncated and not d.redrivable
+            continue
+        key, value, headers = d.record()
+        assert (key, value) == (rec.key, rec.value)
+        assert headers == [(k, v) for k, v in (rec.headers or [])] and d.redrives == 0
+        redrivable += 1
+    assert redrivable >= len(BAD_EVENTS) + len(BAD_REQUESTS) - 6
 
     # The state: cold items kept, late events in time order, the duplicate once, the rekeyed event kept.
     changelog = f"{w.app_id}-user_history-changelog"
