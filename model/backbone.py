@@ -2,6 +2,13 @@
 
 One attention routine serves both training (causal over the sequence) and serving (candidates that see
 the cached history and themselves only). Backbones implement `Backbone`; the model depends on nothing else.
+
+References: a causal self-attention model over the user's event sequence, as in SASRec (Kang & McAuley, ICDM
+2018, arXiv 1808.09781) and HSTU ("Actions Speak Louder than Words: Trillion-Parameter Sequential Transducers for
+Generative Recommendations", Zhai et al., ICML 2024, arXiv 2402.17152), whose action tokens interleave with item
+tokens here too; rotary positions (RoFormer, Su et al., arXiv 2104.09864) of which half the pairs turn with the
+timestamp, SynerGen's time-aware rotary embedding ("SynerGen: Contextualized Generative Recommender for Unified
+Search and Recommendation", arXiv 2509.21777).
 """
 
 from __future__ import annotations

@@ -1,4 +1,13 @@
-"""Losses: sampled-softmax InfoNCE for retrieval; pointwise BCE + pairwise BPR for ranking."""
+"""Losses: sampled-softmax InfoNCE for retrieval; pointwise BCE + pairwise BPR for ranking.
+
+References: InfoNCE (van den Oord et al., "Representation Learning with Contrastive Predictive Coding", arXiv
+1807.03748) over uniform + in-batch negatives with the log-Q correction for the sampling bias (Yi et al.,
+"Sampling-Bias-Corrected Neural Modeling for Large Corpus Item Recommendations", RecSys 2019), or the exact
+softmax over every item; BPR (Rendle et al., UAI 2009, arXiv 1205.2618). Retrieval and ranking losses summed over
+one shared model, as in UniGRF ("Killing Two Birds with One Stone: Unifying Retrieval and Ranking with a Single
+Generative Recommendation Model", SIGIR 2025, arXiv 2504.16454); the candidate-slot ranking loss (BCE + listwise,
+SynerGen's hybrid loss) is in model/candidates.py.
+"""
 
 from __future__ import annotations
 

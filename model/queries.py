@@ -2,11 +2,14 @@
 
 Unified search-and-recommendation papers build the query for a target item from that item's
 metadata: MovieLens genres and title words, Amazon attribute ids rendered as tokens. This module
-reads the metadata files of the evaluation data (``../shared/data/README.md``), makes such queries
+reads the metadata files of the evaluation data (described in the data folder's README), makes such queries
 reproducibly from a numpy ``Generator``, and gives the text that is embedded for each item.
 
 Nothing here invents a query for an item without metadata: `make_query` returns None and the caller
 skips the query, so no generic query leaks into training or evaluation.
+
+Reference: the queries feed SynerGen's unified search and recommendation ("SynerGen: Contextualized Generative
+Recommender for Unified Search and Recommendation", arXiv 2509.21777), implemented in model/search.py.
 """
 
 from __future__ import annotations

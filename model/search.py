@@ -4,6 +4,10 @@ Before a sampled share of each user's training events, a query built from that e
 inserted (the user searched, then clicked). The validation and test events each get one evaluation query
 built the same way from their item, with its own random stream; search metrics rank the target item from
 the output at that query token. Queries and item texts go through one frozen text encoder.
+
+Reference: SynerGen ("SynerGen: Contextualized Generative Recommender for Unified Search and Recommendation",
+arXiv 2509.21777): search queries as tokens in the user's event sequence, one decoder-only model for personalized
+search and recommendation.
 """
 
 from __future__ import annotations

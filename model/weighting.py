@@ -12,6 +12,12 @@ so the balance is between each task's gradient *relative to its own scale*: equa
 the weights where they are, whatever the raw ratio of the two losses' gradients.
 
 No backward through the whole model: only ∂L_k/∂W, which touches the heads and the last layer.
+
+References: UniGRF's gradient-guided adaptive weighter, which balances the convergence of the retrieval and
+ranking tasks ("Killing Two Birds with One Stone: Unifying Retrieval and Ranking with a Single Generative
+Recommendation Model", SIGIR 2025, arXiv 2504.16454); GradNorm (Chen et al., "GradNorm: Gradient Normalization for
+Adaptive Loss Balancing in Deep Multitask Networks", ICML 2018, arXiv 1711.02257), whose target and asymmetry γ
+this step takes in closed form instead of by a gradient step on the weights.
 """
 
 from __future__ import annotations
