@@ -54,6 +54,9 @@ def _register() -> None:
     from ops import bench_order
 
     bench_order.register(app, bench_app)
+    from ops import cli_deadletters
+
+    cli_deadletters.register(app, bench_app)
 
 
 def main() -> None:
