@@ -6,9 +6,10 @@
     bad input, anywhere ──▶ genrec.deadletter
 
 Guarantee: at least once. A request is acked only after its result (or dead letter) is confirmed by
-the broker, and a partition's requests are acked in offset order (streams/acks.py says why); table
-writes stay in the per-event path of the ingest agent (Faust cannot write tables from a batch), and
-Faust flushes their changelog records before it commits the source offsets.
+the broker, and a partition's requests are acked in offset order; table writes stay in the per-event path
+of the ingest agent (Faust cannot write tables from a batch). Every offset commit follows the commit
+protocol of streams/checkpoint.py: outputs and changelogs flushed, every send confirmed, then the offsets; a
+send the broker refused fails the worker instead of being committed past.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ from schemas.messages import (
     rejection,
 )
 from streams import history_codec, recovery_watch
-from streams.acks import InOrderAcks
 from streams.app_builder import build_faust_app, install_pages, raw_topic, state_table
 from streams.batcher import MicroBatcher
+from streams.checkpoint import Checkpoint
 from streams.metrics import CONTENT_TYPE, WorkerMetrics
 from streams.models import ModelFollower, ModelsTopicTable
 from streams.serving import InferenceInput, InferenceRunner, RecommenderLike, load_recommender
@@ -66,6 +67,8 @@ class KafkaOutput(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.producer: AIOKafkaProducer | None = None
+        # Set by the app that commits offsets over these sends (streams/checkpoint.py, step 3).
+        self.checkpoint: Checkpoint | None = None
 
     def new_producer(self) -> AIOKafkaProducer:
         """The producer, configured but not connected (call inside the running loop)."""
@@ -96,10 +99,20 @@ class KafkaOutput(Service):
         value: bytes,
         timestamp_ms: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
     ) -> asyncio.Future[Any]:
         """Enqueue one record; the returned future resolves when the broker confirmed it."""
         assert self.producer is not None, "KafkaOutput is not started"
-        return await self.producer.send(topic, value=value, key=key, timestamp_ms=timestamp_ms, headers=headers)
+        fut: asyncio.Future[Any] = await self.producer.send(
+            topic, value=value, key=key, timestamp_ms=timestamp_ms, headers=headers, partition=partition
+        )
+        if self.checkpoint is not None:
+            self.checkpoint.track_send(fut, f"output {topic}")
+        return fut
+
+    async def flush(self) -> None:
+        if self.producer is not None:
+            await self.producer.flush()
 
 
 class ModelHolder(Service):
@@ -192,6 +205,9 @@ class GenrecWorker:
         self.output = KafkaOutput(s)
         self.model = ModelHolder(s, self.metrics, recommender_loader)
         app.first_services.extend([self.output, self.model])
+        # Commit protocol step 1 (streams/checkpoint.py): results, forwards and dead letters flushed and confirmed.
+        app.checkpoint.add_output("results", self.output.flush)
+        self.output.checkpoint = app.checkpoint
 
         self.events_topic = raw_topic(app, s.events_topic, s)
         self.requests_topic = raw_topic(app, s.requests_topic, s)
@@ -201,7 +217,6 @@ class GenrecWorker:
         app.agent_acked_topics.update({s.events_topic, s.requests_topic})
         self.history = state_table(app, HISTORY_TABLE, s)
         self.batcher: MicroBatcher[_Pending] | None = None
-        self._in_order = InOrderAcks()
         # Label lookups cost a dict walk and a lock per event on the hot path: resolve them once.
         self._n_appended = self.metrics.events.labels(outcome="appended")
         self._n_duplicate = self.metrics.events.labels(outcome="duplicate")
@@ -396,7 +411,7 @@ class GenrecWorker:
             await self._ack(manual, event)
 
         # A dead letter or a forward is done at once, before earlier requests still in the batcher.
-        ack = self._in_order.track(m.tp, ack_now)
+        ack = self.app.checkpoint.acks.track(m.tp, ack_now)
         try:
             req: RecRequest = decode(RecRequest, m.value)
             check_not_ahead(req.ts, self._max_ahead_ms)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiokafka
@@ -35,6 +36,8 @@ from faust.types.tuples import ack_lock
 from faust.web import drivers as web_drivers
 from mode.utils.futures import notify
 from mode.utils.queues import ThrowableQueue
+
+from streams.checkpoint import Checkpoint, commit_floor, discard_unconfirmed_state, holds_commit, reread_from
 
 __all__ = ["GenrecFaustApp"]
 
@@ -69,6 +72,16 @@ class _Consumer(faust_aiokafka.Consumer):
         while await self.maybe_wait_for_commit_to_finish():
             pass
         await super().commit_and_end_transactions()
+
+    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        """Every offset commit goes through the commit protocol (streams/checkpoint.py): outputs and
+        changelogs flushed, every send confirmed, then Faust's commit; a failed send commits nothing."""
+        faust_commit = super()._commit_offsets
+        return await self.app.checkpoint.commit(lambda: faust_commit(offsets, start_new_transaction))
+
+    async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:
+        self.app.checkpoint.on_assigned(assigned)
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         """Commit what was acked before Faust forgets it.
@@ -122,21 +135,24 @@ class _Consumer(faust_aiokafka.Consumer):
         await super()._add_gap(tp, offset_from, offset_to)
 
     def _new_offset(self, tp: TP) -> int | None:
-        """The offset to commit: on the agents' topics, only when the committed offset itself is finished.
+        """The offset to commit: on the agents' topics, only when the first unfinished offset is finished.
 
         Faust's own check is `min(acked) - committed > 1`, so with `committed` unfinished and
-        `committed + 1` finished it commits past `committed`. Seen in the chaos test: committed 39, the
-        message at 39 lost in the worker (see `getmany`), 40 and 41 finished, Faust committed 42.
+        `committed + 1` finished it commits past `committed` (seen in the chaos test: committed 39, the
+        message at 39 lost in the worker, see `getmany`, 40 and 41 finished, Faust committed 42), and it
+        has no check at all on a partition never committed. Here the floor is the committed offset, or the
+        first offset fetched since the assignment on a partition never committed (`checkpoint.commit_floor`).
         """
         if tp.topic in self.app.agent_acked_topics:
-            committed = self._committed_offset[tp]
             acked = self._acked[tp]
-            if committed is not None and acked:
-                stale = [o for o in acked if o < committed]  # finished twice, committed meanwhile
-                if stale:
-                    acked[:] = [o for o in acked if o >= committed]
-                    self._acked_index[tp].difference_update(stale)
-                if acked and min(acked) != committed:
+            if acked:
+                floor = commit_floor(self._committed_offset[tp], self.app.checkpoint.first_fetched(tp))
+                if floor is not None:
+                    stale = [o for o in acked if o < floor]  # finished twice, committed meanwhile
+                    if stale:
+                        acked[:] = [o for o in acked if o >= floor]
+                        self._acked_index[tp].difference_update(stale)
+                if holds_commit(floor, acked):
                     return None
         return super()._new_offset(tp)
 
@@ -155,8 +171,10 @@ class _Consumer(faust_aiokafka.Consumer):
         held = self.app.agent_acked_topics
         read_offset = self._read_offset
         committed = self._committed_offset
+        checkpoint = self.app.checkpoint
         async for tp, message in super().getmany(timeout):
             if tp.topic in held:
+                checkpoint.on_fetched(tp, message.offset)
                 r = read_offset.get(tp)
                 c = committed[tp]
                 # Below the committed offset everything is finished: those copies may still be dropped.
@@ -165,23 +183,32 @@ class _Consumer(faust_aiokafka.Consumer):
             yield tp, message
 
     def reread_dropped(self, dropped: dict[TP, int]) -> None:
-        """Seek partitions back to their committed offsets: messages of theirs were dropped unprocessed.
+        """Seek partitions back to their first unfinished offset: messages of theirs were dropped unprocessed.
 
-        Only backwards to the committed offset: everything below it is finished (`_new_offset`), and
-        anything between it and the dropped message may be unfinished too.
+        Only backwards (`checkpoint.reread_from`): everything below the floor is finished (`_new_offset`), and
+        anything between it and the dropped message may be unfinished too. A partition never committed is
+        read again from the first offset fetched since its assignment (it was skipped once, silently, and
+        with no guard on its commits either: the likely cause of a CI run's "history has 2 of 8 events").
         """
         try:
             assignment = self.assignment()
         except ConsumerNotStarted:
             return  # nothing fetched yet, or stopping: the next start reads from the committed offsets
+        checkpoint = self.app.checkpoint
         for tp, offset in dropped.items():
+            if tp not in assignment:
+                continue  # not ours any more: its next owner starts at the committed offset
             committed = self._committed_offset[tp]
-            if tp not in assignment or committed is None or committed > offset:
-                continue  # not ours any more, or a seek already went back past it
+            seek_to = reread_from(committed, checkpoint.first_fetched(tp), offset)
+            if seek_to is None:
+                if committed is None and checkpoint.first_fetched(tp) is None:
+                    log.warning("%s[%d]@%d dropped from the stream buffer with no known start offset",
+                                tp.topic, tp.partition, offset)
+                continue  # a seek already went back past it
             log.info("reading %s[%d] again from %d: offset %d was dropped from the stream buffer unprocessed",
-                     tp.topic, tp.partition, committed, offset)
-            self._thread.seek(tp, committed)  # what Faust's own seek() does, without an await in between
-            self._read_offset[tp] = committed or None
+                     tp.topic, tp.partition, seek_to, offset)
+            self._thread.seek(tp, seek_to)  # what Faust's own seek() does, without an await in between
+            self._read_offset[tp] = seek_to or None
 
 
 class _GenrecQueue(ThrowableQueue):
@@ -232,6 +259,21 @@ class _GenrecQueue(ThrowableQueue):
             app.consumer.reread_dropped(dropped)
 
 
+class _GenrecTable(faust.Table):
+    """A table whose changelog sends are confirmed before any commit (streams/checkpoint.py, step 3).
+
+    Faust only logs a changelog record the broker refused and commits the source offset anyway: a restart
+    on another replica (or an empty state folder) then restores a history without that write.
+    """
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        checkpoint = getattr(self.app, "checkpoint", None)
+        if checkpoint is not None:
+            checkpoint.track_send(fut, f"changelog {self.changelog_topic.get_topic_name()}")
+        return fut
+
+
 class _Transport(faust_aiokafka.Transport):
     Consumer: ClassVar[Any] = _Consumer
 
@@ -247,19 +289,24 @@ class GenrecFaustApp(faust.App):
         self.first_services: list[ServiceT] = []
         # Topics whose messages count as acked only after mark_processed (see _Consumer.ack).
         self.agent_acked_topics: set[str] = set()
-        self._processed: set[int] = set()  # id() of messages an agent finished, until their ack lands
+        kwargs.setdefault("Table", _GenrecTable)
         super().__init__(*args, **kwargs)
+        datadir = Path(self.conf.datadir)
+        # The commit protocol: every offset commit, every tracked send, the ordered acks (streams/checkpoint.py).
+        self.checkpoint = Checkpoint(
+            confirm_timeout_s=float(self.conf.broker_request_timeout) + 5.0,
+            on_failure=self.crash,
+            state_dir=datadir,
+        )
+        self.checkpoint.add_changelog("changelogs", lambda: self.producer.flush())
+        discard_unconfirmed_state(datadir, Path(self.conf.tabledir))
 
     def mark_processed(self, message: Message) -> None:
         """Call right before acking a message of `agent_acked_topics` that the agent has finished."""
-        self._processed.add(id(message))
+        self.checkpoint.mark_processed(message)
 
     def take_processed(self, message: Message) -> bool:
-        try:
-            self._processed.remove(id(message))
-        except KeyError:
-            return False
-        return True
+        return self.checkpoint.take_processed(message)
 
     def FlowControlQueue(self, maxsize: int | None = None, *, clear_on_resume: bool = False) -> ThrowableQueue:  # noqa: N802
         queue = _GenrecQueue(maxsize=maxsize, flow_control=self.flow_control, clear_on_resume=clear_on_resume)

@@ -87,5 +87,22 @@ def run_worker(settings: StreamSettings) -> int:
         code = 0
     if worker.app._crashed.is_set() or runner._crashed.is_set():
         log.error("worker crashed: %r", worker.app.crash_reason or runner.crash_reason)
-        return code or 1
+        _exit_now(code or 1)
     return code
+
+
+def _exit_now(code: int) -> None:
+    """Exit at once after a crash, whatever is still running.
+
+    A crash can interrupt Faust's shutdown half-way (a producer buffer that cannot flush any more stops the
+    app's children from stopping), leaving the consumer's thread alive: the process then never exits and its
+    supervisor never restarts it. Nothing is lost by not waiting: the commit protocol committed nothing past
+    the failure (streams/checkpoint.py), so this is as safe as the SIGKILLs the chaos test injects. The
+    inference child exits when its pipe closes.
+    """
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

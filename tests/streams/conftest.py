@@ -80,6 +80,7 @@ class WorkerHandle:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     port: int = 0
     starts: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. a fault injection (tests/streams/inject)
 
     @property
     def proc(self) -> subprocess.Popen[bytes]:
@@ -103,7 +104,7 @@ class WorkerHandle:
             self.port,
             app_id=self.app_id,
             log_path=self.log_path,
-            env={**FAST_GROUP_ENV, **self.topics.env(), "GENREC_WORKER_ID": f"w{self.starts}"},
+            env={**FAST_GROUP_ENV, **self.topics.env(), "GENREC_WORKER_ID": f"w{self.starts}", **self.extra_env},
         )
         self.procs.append(proc)
         try:

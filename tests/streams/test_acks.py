@@ -1,4 +1,5 @@
-"""InOrderAcks: a partition's messages are acked in arrival order, whatever order their work ends in."""
+"""InOrderAcks (streams/checkpoint.py): a partition's messages are acked in arrival order, whatever order their
+work ends in."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.acks import InOrderAcks
+from streams.checkpoint import InOrderAcks
 
 
 def _recorder(acked: list[tuple[str, int]], tp: str, n: int, yield_in_ack: bool = False):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from faust.types import TP, Message
 
 from streams.transport import GenrecFaustApp
@@ -31,7 +33,7 @@ def test_an_ack_without_the_agent_finishing_records_no_offset() -> None:
     app.mark_processed(done)
     assert consumer.ack(done) is True
     assert consumer._acked[TP("requests", 0)] == [5]
-    assert not app._processed
+    assert not app.checkpoint._processed
 
 
 def test_other_topics_and_apps_keep_faust_acks() -> None:
@@ -140,3 +142,73 @@ def test_records_of_live_standby_partitions_survive_the_resume_that_ends_a_recov
     fill()
     app.flow_control.clear()
     assert queue.empty()
+
+
+def test_a_never_committed_partition_commits_only_from_its_first_fetched_offset() -> None:
+    """Faust has no guard at all while nothing is committed: with the first fetched message (3) still in the
+    batcher and 4, 5 finished it would commit 6, and a kill would lose 3."""
+    app, consumer = _consumer({"requests"})
+    tp = TP("requests", 0)
+    app.checkpoint.on_fetched(tp, 3)
+    app.checkpoint.on_fetched(tp, 4)
+    consumer._acked[tp] = [4, 5]
+    consumer._acked_index[tp] = {4, 5}
+    assert consumer._new_offset(tp) is None
+    consumer._acked[tp].insert(0, 3)
+    consumer._acked_index[tp].add(3)
+    assert consumer._new_offset(tp) == 6
+
+
+def test_a_never_committed_partition_is_read_again_after_its_buffer_was_emptied(monkeypatch) -> None:
+    app, consumer = _consumer({"requests"})
+    tp = TP("requests", 1)
+    queue = app.FlowControlQueue(maxsize=10, clear_on_resume=True)
+    message = Message("requests", 1, 9, 0.0, 0, {}, b"k", b"v", None)
+    queue.put_nowait(type("Ev", (), {"message": message})())
+    app.checkpoint.on_fetched(tp, 5)  # fetched 5..9 since the assignment, nothing committed yet
+    seeks: list[tuple[TP, int]] = []
+    monkeypatch.setattr(consumer._thread, "seek", lambda t, o: seeks.append((t, o)))
+    monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+    app.flow_control.resume()
+    assert seeks == [(tp, 5)]  # was skipped silently (`committed is None → continue`)
+    assert consumer._read_offset[tp] == 5
+
+
+def test_a_new_assignment_forgets_the_first_fetched_offsets() -> None:
+    app, _ = _consumer({"requests"})
+    tp = TP("requests", 0)
+    app.checkpoint.on_fetched(tp, 7)
+    app.checkpoint.on_fetched(tp, 2)  # a lower offset fetched after a seek back: the floor follows it down
+    assert app.checkpoint.first_fetched(tp) == 2
+    app.checkpoint.on_assigned({tp})
+    assert app.checkpoint.first_fetched(tp) is None
+
+
+async def test_no_offset_is_committed_over_a_refused_changelog_send(monkeypatch) -> None:
+    app, consumer = _consumer({"requests"})
+    tp = TP("requests", 0)
+    crashed: list[BaseException] = []
+
+    async def crash(exc: BaseException) -> None:
+        crashed.append(exc)
+
+    app.checkpoint.on_failure = crash
+    committed: list[dict] = []
+
+    async def faust_commit(offsets) -> bool:  # the broker round trip of Faust's commit
+        committed.append(dict(offsets))
+        return True
+
+    monkeypatch.setattr(consumer, "_commit", faust_commit)
+    monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+    assert await consumer._commit_offsets({tp: 4}) is True
+    assert committed == [{tp: 4}]
+
+    # A table write whose changelog record the broker refused (Faust only logs it).
+    table = app.Table("h", default=None, key_type=bytes, value_type=bytes, partitions=1)
+    fut = table.send_changelog(0, b"u", b"v")
+    assert fut in app.checkpoint._pending  # every changelog send is tracked
+    fut.set_exception(TimeoutError("not confirmed"))
+    await asyncio.sleep(0.01)
+    assert await consumer._commit_offsets({tp: 6}) is False
+    assert committed == [{tp: 4}] and len(crashed) == 1

@@ -50,3 +50,39 @@ if _SPEC:
 
     transport._GenrecQueue.put = _lossy_put  # type: ignore[method-assign]
     transport._GenrecQueue.put_nowait_enhanced = _lossy_put_nowait_enhanced  # type: ignore[method-assign]
+
+
+# With GENREC_TEST_FAIL_CHANGELOG="key:n:marker[,key:n:marker…]", the worker's n-th changelog record for that
+# table key is never sent: its send fails 3 s later, as a record the broker did not confirm within the request
+# timeout would (meanwhile Faust's periodic commits go on). Once per marker file (created when it fires), so
+# that a restarted worker runs clean.
+_FAIL = os.environ.get("GENREC_TEST_FAIL_CHANGELOG")
+
+if _FAIL:
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    from aiokafka.errors import KafkaTimeoutError
+    from faust.transport.drivers import aiokafka as _faust_aiokafka
+
+    _rules = [(k.encode(), int(n), Path(m)) for k, n, m in (spec.split(":", 2) for spec in _FAIL.split(","))]
+    _sent: dict[bytes, int] = {}
+    _send = _faust_aiokafka.Producer.send
+
+    async def _failing_send(self, topic, key, value, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if topic.endswith("-changelog") and key is not None:
+            _sent[key] = _sent.get(key, 0) + 1
+            for k, n, marker in _rules:
+                if key == k and _sent[key] == n and not marker.exists():
+                    marker.write_text(topic)
+                    print(f"inject: changelog send {topic} key={k.decode()} #{n} refused", file=sys.stderr,
+                          flush=True)
+                    loop = asyncio.get_running_loop()
+                    fut = loop.create_future()
+                    error = KafkaTimeoutError("injected: the broker did not confirm the record")
+                    loop.call_later(3.0, fut.set_exception, error)
+                    return fut
+        return await _send(self, topic, key, value, *args, **kwargs)
+
+    _faust_aiokafka.Producer.send = _failing_send  # type: ignore[method-assign]
