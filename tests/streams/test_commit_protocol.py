@@ -53,7 +53,7 @@ def test_a_refused_changelog_send_fails_the_worker_and_the_restart_loses_nothing
         "PYTHONPATH": os.pathsep.join(p for p in (str(INJECT), os.environ.get("PYTHONPATH", "")) if p),
         "GENREC_TEST_FAIL_CHANGELOG": f"a3:{PER_USER}:{first_fault},b2:{PER_USER}:{second_fault}",
     }
-    w.start(datadir=w.base / "state-1")
+    w.start(state_dir=w.base / "state-1")
     replay = Replay(w.topics)
     replay.add_events([f"a{i}" for i in range(6)], PER_USER, rng)
     produce(w.bootstrap, replay.records)
@@ -64,7 +64,7 @@ def test_a_refused_changelog_send_fails_the_worker_and_the_restart_loses_nothing
     assert "checkpoint failed" in w.log_path.read_text(errors="replace")
 
     # 1. An empty state folder: the changelog plus the records after the last commit.
-    w.start(datadir=w.base / "state-2")
+    w.start(state_dir=w.base / "state-2")
     _check_exactly_once(_wait_histories(w, replay, 90), replay, w)
 
     # 2. The same state folder after a second refused send.
@@ -73,7 +73,7 @@ def test_a_refused_changelog_send_fails_the_worker_and_the_restart_loses_nothing
     produce(w.bootstrap, replay.records[n:])
     rc = _wait_exit(w, 90)
     assert second_fault.exists() and rc != 0, f"second fault: rc={rc}\n{w.log_tail()}"
-    w.start(datadir=w.base / "state-2")
+    w.start(state_dir=w.base / "state-2")
     _check_exactly_once(_wait_histories(w, replay, 90), replay, w)
     assert "rebuilding" in w.log_path.read_text(errors="replace")  # the local tables were dropped
     assert w.proc.poll() is None
