@@ -6,6 +6,7 @@ import asyncio
 
 from faust.types import TP, Message
 
+from streams.checkpoint import UNCONFIRMED_MARKER
 from streams.transport import GenrecFaustApp
 
 
@@ -184,8 +185,9 @@ def test_a_new_assignment_forgets_the_first_fetched_offsets() -> None:
     assert app.checkpoint.first_fetched(tp) is None
 
 
-async def test_no_offset_is_committed_over_a_refused_changelog_send(monkeypatch) -> None:
+async def test_no_offset_is_committed_over_a_refused_changelog_send(monkeypatch, tmp_path) -> None:
     app, consumer = _consumer({"requests"})
+    app.checkpoint.state_dir = tmp_path  # where the failure marks the local state as unconfirmed
     tp = TP("requests", 0)
     crashed: list[BaseException] = []
 
@@ -212,3 +214,4 @@ async def test_no_offset_is_committed_over_a_refused_changelog_send(monkeypatch)
     await asyncio.sleep(0.01)
     assert await consumer._commit_offsets({tp: 6}) is False
     assert committed == [{tp: 4}] and len(crashed) == 1
+    assert (tmp_path / UNCONFIRMED_MARKER).exists()
