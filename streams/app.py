@@ -243,17 +243,14 @@ class GenrecWorker:
         table = ModelsTopicTable(s)
         self.app.first_services.append(table)
 
-        def load(msg: ModelVersion) -> RecommenderLike:
-            from model.serving import Recommender
-
-            path = resolve_in_store(store, msg.path)
-            return Recommender.from_checkpoint(path, expected_sha256=msg.sha256)
-
-        async def swap(loader: Callable[[], RecommenderLike]) -> RecommenderLike:
+        async def swap(msg: ModelVersion) -> str:
+            # Loaded once, where it will serve (the inference child by default): hash, version and a test
+            # inference are checked there before the switch (streams/serving.py load_version).
             runner = self.model.runner
             if runner is None:
                 raise RuntimeError("no model loaded yet")
-            return await runner.swap(loader)
+            path = resolve_in_store(store, msg.path)
+            return await runner.swap(path, expected_sha256=msg.sha256, expected_version=msg.version)
 
         def current() -> str | None:
             return self.model.runner.version if self.model.runner else None
@@ -263,7 +260,7 @@ class GenrecWorker:
             if kind == "swapped":
                 self.metrics.set_model_version(version)
 
-        follower = ModelFollower(table, load, swap, current, outcome)
+        follower = ModelFollower(table, swap, current, outcome)
 
         @self.app.timer(interval=s.model_poll_s)
         async def _poll_models() -> None:

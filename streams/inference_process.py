@@ -6,25 +6,39 @@ alone, 1.7 with a Python thread holding the GIL 30 % of the time, 3.2 at 60 % �
 holds it about that much. A child process has a GIL of its own.
 
 The parent keeps the `InferenceRunner` contract (one batch at a time, swaps between batches, per-request
-retry of a failed batch). The two processes talk over a pipe in JSON (histories as base64): nothing is
+retry of a failed batch). The two processes talk over a pipe: batches and their lists in a length-prefixed
+binary framing (`encode_batch`, `encode_reply`; measured faster than JSON), commands in JSON; nothing is
 unpickled on either side. The child ignores SIGINT/SIGTERM (the parent decides when it stops, after its
 in-flight batch) and exits when the pipe closes, so a SIGKILLed worker leaves no orphan.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import multiprocessing as mp
 import signal
+import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from streams.serving import InferenceInput, InferenceRunner, RecommenderLike, default_torch_threads
+from streams.serving import (
+    BatchItem,
+    InferenceInput,
+    InferenceRunner,
+    ProbeFailed,
+    RecommenderLike,
+    VersionMismatch,
+    default_torch_threads,
+    load_version,
+    serve_batch,
+)
+
+if TYPE_CHECKING:
+    from model.serving import Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -48,49 +62,130 @@ def _child_main(conn: Connection, torch_threads: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import torch
 
-    from model.serving import Recommender
-    from streams import history_codec
-
     torch.set_num_threads(torch_threads)
-    rec: Recommender | None = None
+    rec: RecommenderLike | None = None
     while True:
         try:
             raw = conn.recv_bytes(MAX_MESSAGE_BYTES)
         except (EOFError, OSError):
             return  # the parent is gone
-        msg = json.loads(raw)
-        op = msg.get("op")
-        if op == "close":
-            return
         try:
-            if op == "load":
-                new = Recommender.from_checkpoint(msg["path"], expected_sha256=msg.get("sha256"))
-                rec = new
-                reply: dict[str, Any] = {"ok": True, "version": rec.version, "max_events": rec.max_events}
-            elif op == "infer":
+            if raw[:1] == BATCH_TAG:  # the hot path: a batch in the binary framing, answered in it
                 if rec is None:
                     raise RuntimeError("no model loaded")
-                reply = {"ok": True, "version": rec.version, "lists": _infer(rec, msg["items"], history_codec)}
+                conn.send_bytes(encode_reply(rec.version, serve_batch(rec, decode_batch(raw))))
+                continue
+            msg = json.loads(raw)
+            op = msg.get("op")
+            if op == "close":
+                return
+            if op == "load":
+                # Loaded, hash-checked and probed here, once: the parent never loads the model. Until all of
+                # that passed, the current model keeps serving.
+                rec = load_version(msg["path"], msg.get("sha256"), msg.get("version"))
+                reply: dict[str, Any] = {"ok": True, "version": rec.version, "max_events": rec.max_events}
             else:
                 raise ValueError(f"unknown op {op!r}")
         except Exception as exc:
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
         conn.send_bytes(json.dumps(reply).encode("utf-8"))
 
 
-def _infer(rec: Any, items: list[dict[str, Any]], history_codec: Any) -> list[list[list[Any]]]:
-    histories = []
+# The batch wire format (parent → child) and its reply (child → parent): length-prefixed binary, no JSON, no
+# base64, nothing unpickled. Measured on the 2-core box for a batch of 64 requests with 200-event histories
+# and 10 results each (encode and decode, both ways, building the Recommendation objects included): 3.0 ms as
+# JSON + base64, 1.0 ms here (most of it the 640 Recommendation objects), 234 KiB on the pipe instead of 326.
+# The parent's half of that runs on its inference thread and takes the GIL from the event loop.
+BATCH_TAG = b"I"
+REPLY_TAG = b"R"
+_COUNT = struct.Struct("<I")
+_ITEM = struct.Struct("<IIqIB")  # history bytes, query bytes, ts, k, flags (1: exclude_seen, 2: has a query)
+_MAX_BATCH = 1 << 16
+
+
+def encode_batch(items: Sequence[BatchItem]) -> bytes:
+    parts = [BATCH_TAG, _COUNT.pack(len(items))]
     for x in items:
-        raw = history_codec.decode(base64.b64decode(x["history"]) if x["history"] else None)
-        histories.append(rec.history_from_raw(raw.item_ids, raw.actions.tolist(), raw.ts_ms.tolist()))
-    out = rec.recommend(
-        histories,
-        k=[x["k"] for x in items],
-        exclude_seen=[x["exclude_seen"] for x in items],
-        queries=[x["query"] for x in items],
-        now_ms=[x["ts"] for x in items],
-    )
-    return [[[r.item_id, r.rank, r.score, r.retrieval_score] for r in recs] for recs in out]
+        q = x.query.encode("utf-8") if x.query is not None else b""
+        h = x.history or b""
+        flags = (1 if x.exclude_seen else 0) | (2 if x.query is not None else 0)
+        parts += [_ITEM.pack(len(h), len(q), x.ts, x.k, flags), q, h]
+    return b"".join(parts)
+
+
+def decode_batch(buf: bytes) -> list[BatchItem]:
+    """The inverse of encode_batch; ValueError on anything malformed (never reads past the buffer)."""
+    if buf[:1] != BATCH_TAG or len(buf) < 1 + _COUNT.size:
+        raise ValueError("not a batch")
+    (n,) = _COUNT.unpack_from(buf, 1)
+    if n > _MAX_BATCH:
+        raise ValueError(f"a batch of {n} requests")
+    o = 1 + _COUNT.size
+    out = []
+    for _ in range(n):
+        if o + _ITEM.size > len(buf):
+            raise ValueError("truncated batch")
+        hl, ql, ts, k, flags = _ITEM.unpack_from(buf, o)
+        o += _ITEM.size
+        if o + ql + hl > len(buf):
+            raise ValueError("truncated batch")
+        q = buf[o:o + ql].decode("utf-8") if flags & 2 else None
+        o += ql
+        h = bytes(buf[o:o + hl]) or None
+        o += hl
+        out.append(BatchItem(h, k, bool(flags & 1), q, ts))
+    if o != len(buf):
+        raise ValueError("trailing bytes after the batch")
+    return out
+
+
+def encode_reply(version: str, lists: Sequence[Sequence[Any]]) -> bytes:
+    """Version, list lengths, item ids (lengths + UTF-8 blob), ranks, then (score, retrieval_score) pairs."""
+    recs = [r for out in lists for r in out]
+    ids = [r.item_id.encode("utf-8") for r in recs]
+    v = version.encode("utf-8")
+    n, m = len(lists), len(recs)
+    return b"".join([
+        REPLY_TAG, _COUNT.pack(len(v)), v, _COUNT.pack(n), _COUNT.pack(m),
+        struct.pack(f"<{n}I", *[len(out) for out in lists]),
+        struct.pack(f"<{m}I", *[len(i) for i in ids]),
+        struct.pack(f"<{m}I", *[r.rank for r in recs]),
+        struct.pack(f"<{2 * m}d", *[x for r in recs for x in (float(r.score), float(r.retrieval_score))]),
+        *ids,
+    ])
+
+
+def decode_reply(buf: bytes) -> tuple[str, list[list[Recommendation]]]:
+    from model.serving import Recommendation
+
+    if buf[:1] != REPLY_TAG:
+        raise ValueError("not a reply")
+    o = 1
+    (vl,) = _COUNT.unpack_from(buf, o)
+    o += 4
+    version = buf[o:o + vl].decode("utf-8")
+    o += vl
+    n, m = struct.unpack_from("<II", buf, o)
+    o += 8
+    lens = struct.unpack_from(f"<{n}I", buf, o)
+    o += 4 * n
+    id_lens = struct.unpack_from(f"<{m}I", buf, o)
+    o += 4 * m
+    ranks = struct.unpack_from(f"<{m}I", buf, o)
+    o += 4 * m
+    scores = struct.unpack_from(f"<{2 * m}d", buf, o)
+    o += 16 * m
+    if sum(lens) != m or o + sum(id_lens) != len(buf):
+        raise ValueError("malformed reply")
+    recs = []
+    for j, il in enumerate(id_lens):
+        recs.append(Recommendation(buf[o:o + il].decode("utf-8"), ranks[j], scores[2 * j], scores[2 * j + 1]))
+        o += il
+    out, start = [], 0
+    for ln in lens:
+        out.append(recs[start:start + ln])
+        start += ln
+    return version, out
 
 
 # ------------------------------------------------------------------------------------------ the parent
@@ -136,50 +231,64 @@ class ProcessInferenceRunner(InferenceRunner):
     def pid(self) -> int | None:
         return self._proc.pid
 
-    def _call(self, msg: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+    def _exchange(self, op: str, payload: bytes, timeout_s: float | None = None) -> bytes:
+        """One command on the pipe and its raw answer; InferenceProcessError if the child is gone or silent."""
         with self._lock:
             if not self._proc.is_alive():
                 raise InferenceProcessError(f"inference process exited with status {self._proc.exitcode}")
             try:
-                self._conn.send_bytes(json.dumps(msg).encode("utf-8"))
+                self._conn.send_bytes(payload)
                 # Poll in slices so that a child that dies mid-batch is noticed, not waited on forever.
                 waited = 0.0
                 while not self._conn.poll(0.5):
                     waited += 0.5
                     if not self._proc.is_alive():
                         raise InferenceProcessError(
-                            f"inference process exited with status {self._proc.exitcode} during {msg['op']}")
+                            f"inference process exited with status {self._proc.exitcode} during {op}")
                     if timeout_s is not None and waited >= timeout_s:
                         # Its late answer would be read as the next command's: the child is done for.
                         self._proc.kill()
-                        raise InferenceProcessError(f"inference process gave no answer to {msg['op']} "
+                        raise InferenceProcessError(f"inference process gave no answer to {op} "
                                                     f"in {timeout_s:.0f} s (killed)")
-                reply = json.loads(self._conn.recv_bytes(MAX_MESSAGE_BYTES))
-            except (EOFError, OSError, ValueError) as exc:
+                return self._conn.recv_bytes(MAX_MESSAGE_BYTES)
+            except (EOFError, OSError) as exc:
                 raise InferenceProcessError(f"inference process pipe failed: {exc!r}") from exc
+
+    @staticmethod
+    def _reply(raw: bytes) -> dict[str, Any]:
+        """A JSON answer: its fields if ok, else the child's error as the same type a thread runner raises."""
+        try:
+            reply = json.loads(raw)
+        except ValueError as exc:
+            raise InferenceProcessError(f"inference process broke the protocol: {exc!r}") from exc
         if not reply.get("ok"):
-            raise ChildError(str(reply.get("error", "unknown error"))[:2000])
-        return reply
+            text = str(reply.get("error", "unknown error"))[:2000]
+            if reply.get("type") == "CheckpointError":
+                from model.checkpoint import CheckpointError
 
-    def infer_sync(self, batch: Sequence[InferenceInput]) -> list[list[Any]]:
-        from model.serving import Recommendation
+                raise CheckpointError(text)
+            refused = {"ProbeFailed": ProbeFailed, "VersionMismatch": VersionMismatch}.get(str(reply.get("type")))
+            if refused is not None:
+                raise refused(text)
+            raise ChildError(text)
+        return dict(reply)
 
-        items = [
-            {
-                "history": base64.b64encode(x.history).decode("ascii") if x.history else None,
-                "k": x.request.k,
-                "exclude_seen": x.request.exclude_seen,
-                "query": x.request.query,
-                "ts": x.request.ts,
-            }
-            for x in batch
-        ]
-        reply = self._call({"op": "infer", "items": items})
-        self.last_version = reply["version"]
-        lists = reply["lists"]
+    def _call(self, msg: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+        return self._reply(self._exchange(str(msg.get("op")), json.dumps(msg).encode("utf-8"), timeout_s))
+
+    def infer_sync(self, batch: Sequence[InferenceInput]) -> list[list[Recommendation]]:
+        raw = self._exchange("infer", encode_batch([x.item for x in batch]))
+        if raw[:1] != REPLY_TAG:
+            self._reply(raw)  # the child's error for this batch
+            raise InferenceProcessError("inference process answered a batch with neither lists nor an error")
+        try:
+            version, lists = decode_reply(raw)
+        except (ValueError, struct.error) as exc:
+            raise InferenceProcessError(f"inference process broke the protocol: {exc!r}") from exc
         if len(lists) != len(batch):
             raise InferenceProcessError(f"inference process returned {len(lists)} lists for {len(batch)} requests")
-        return [[Recommendation(str(i), int(r), float(s), float(rs)) for i, r, s, rs in recs] for recs in lists]
+        self.last_version = version
+        return lists
 
     async def infer(self, batch: Sequence[InferenceInput]) -> tuple[list[list[Any] | Exception], float]:
         outcomes, seconds = await super().infer(batch)
@@ -189,25 +298,21 @@ class ProcessInferenceRunner(InferenceRunner):
                 raise o
         return outcomes, seconds
 
-    async def swap(self, loader: Callable[[], RecommenderLike]) -> RecommenderLike:
-        """The loader runs here first (it verifies the checkpoint and raises on a bad one, as for the thread
-        runner); then the child loads the same files, between two batches."""
+    async def swap(self, path: str | Path, *, expected_sha256: str | None = None,
+                   expected_version: str | None = None) -> str:
+        """The child loads, hash-checks and probes the version (`load_version`), between two batches; the
+        parent loads nothing. A version that fails any of it is refused by the child, which keeps serving the
+        current one, and the error reaches the caller."""
         import asyncio
 
         loop = asyncio.get_running_loop()
-        new = await loop.run_in_executor(None, loader)
-        path = getattr(new, "path", None)
-        if path is None:
-            raise TypeError("a process inference runner needs a recommender loaded from a checkpoint path")
-        sha = (getattr(new, "meta", None) or {}).get("sha256")
         old = self._version
-        reply = await loop.run_in_executor(
-            self._executor, lambda: self._call({"op": "load", "path": str(path), "sha256": sha},
-                                               timeout_s=self._start_timeout_s))
+        msg = {"op": "load", "path": str(path), "sha256": expected_sha256, "version": expected_version}
+        reply = await loop.run_in_executor(self._executor, lambda: self._call(msg, timeout_s=self._start_timeout_s))
         self._version = reply["version"]
         self.max_events = int(reply["max_events"])
         log.info("model %s → %s (inference process %s)", old, self._version, self._proc.pid)
-        return new
+        return self._version
 
     def close(self) -> None:
         super().close()

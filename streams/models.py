@@ -15,7 +15,6 @@ from mode import Service
 
 from model.store import VersionInfo
 from schemas.messages import MAX_MESSAGE_BYTES, ModelVersion, decode, encode
-from streams.serving import RecommenderLike
 from streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)
@@ -95,18 +94,17 @@ class ModelsTopicTable(Service):
 
 
 class ModelFollower:
-    """Polls the global table; a changed version is loaded (thread), verified, and swapped in.
+    """Polls the global table; a changed version is swapped in, or refused with the current one serving.
 
-    `load(msg)` returns a verified recommender or raises; `swap(loader)` (`InferenceRunner.swap`) runs the
-    loader off the loop and installs the result between two batches, or raises with nothing changed.
+    `swap(msg)` (`InferenceRunner.swap` on the message's path, sha256 and version) loads the version where it
+    will serve, checks its hash and version, runs a test inference, and installs it between two batches, or
+    raises with nothing changed.
     """
 
-    def __init__(self, table: Any, load: Callable[[ModelVersion], RecommenderLike],
-                 swap: Callable[[Callable[[], RecommenderLike]], Awaitable[RecommenderLike]],
+    def __init__(self, table: Any, swap: Callable[[ModelVersion], Awaitable[str]],
                  current: Callable[[], str | None],
                  on_outcome: Callable[[str, str], None] | None = None) -> None:
         self.table = table
-        self._load = load
         self._swap = swap
         self._current = current
         self._on_outcome = on_outcome or (lambda outcome, version: None)
@@ -128,16 +126,11 @@ class ModelFollower:
             return "refused"
         if msg.version == self._current():
             return None
-
-        def load() -> RecommenderLike:
-            rec = self._load(msg)
-            if rec.version != msg.version:
-                raise ValueError(f"checkpoint holds version {rec.version}, the message names {msg.version}")
-            return rec
-
         t0 = time.perf_counter()
         try:
-            await self._swap(load)
+            serving = await self._swap(msg)
+            if serving != msg.version:  # a runner must refuse this itself; never report another version as swapped
+                raise ValueError(f"checkpoint holds version {serving}, the message names {msg.version}")
         except Exception as exc:  # a bad checkpoint must never take the serving model down
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("model %s refused, %s keeps serving: %s", msg.version, self._current(), self.last_error)

@@ -1,7 +1,12 @@
 """The model as the worker sees it: loading, and one micro-batch of requests → ranked lists.
 
 `model.serving.Recommender` is synchronous and CPU/GPU heavy; it runs on one dedicated thread so that
-the event loop keeps consuming, acking and producing while a batch is inferred.
+the event loop keeps consuming, acking and producing while a batch is inferred (or in a child process,
+streams/inference_process.py).
+
+The inference boundary is one function, `serve_batch`, whichever runner calls it (this thread runner or the
+child process): encoded histories and request fields in, `model.serving.Recommendation` lists out. A model
+version is accepted only after `probe`, a test inference through that same function.
 """
 
 from __future__ import annotations
@@ -9,24 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from model.tokens import History
 from schemas.messages import RecRequest
 from streams import history_codec
 
+if TYPE_CHECKING:  # the one Recommendation type; model.serving imports torch, which the worker loads lazily
+    from model.serving import Recommendation
+
 log = logging.getLogger(__name__)
-
-
-class Recommendation(Protocol):
-    item_id: str
-    rank: int
-    score: float
-    retrieval_score: float
 
 
 class RecommenderLike(Protocol):
@@ -34,6 +35,8 @@ class RecommenderLike(Protocol):
 
     version: str
     max_events: int
+    item_ids: Sequence[str]
+    supports_queries: bool
 
     def history_from_raw(self, item_ids: Sequence[str], actions: Sequence[int], ts_ms: Sequence[int]) -> History: ...
 
@@ -44,7 +47,7 @@ class RecommenderLike(Protocol):
         exclude_seen: Sequence[bool],
         queries: Sequence[str | None] | None = None,
         now_ms: Sequence[int] | None = None,
-    ) -> list[list[Any]]: ...
+    ) -> list[list[Recommendation]]: ...
 
 
 def load_recommender(checkpoint: str | Path, device: str | None = None) -> RecommenderLike:
@@ -53,10 +56,103 @@ def load_recommender(checkpoint: str | Path, device: str | None = None) -> Recom
     return Recommender.from_checkpoint(checkpoint, device=device)
 
 
+def load_version(path: str | Path, expected_sha256: str | None = None, expected_version: str | None = None,
+                 device: str | None = None) -> RecommenderLike:
+    """A model version ready to serve, or an exception: loaded and hash-checked (model.checkpoint), the version
+    the caller expects, and past its test inference (`probe`). Runs where the model will serve: on the thread
+    runner's side, or in the inference child."""
+    from model.serving import Recommender
+
+    rec = Recommender.from_checkpoint(path, device=device, expected_sha256=expected_sha256)
+    if expected_version is not None and rec.version != expected_version:
+        raise VersionMismatch(f"checkpoint holds version {rec.version}, the message names {expected_version}")
+    probe(rec)
+    return rec
+
+
+class BatchItem(NamedTuple):
+    """What the model needs of one request: the boundary's input, the same for every runner."""
+
+    history: bytes | None  # the user's encoded history (streams/history_codec.py), None for a new user
+    k: int
+    exclude_seen: bool
+    query: str | None
+    ts: int  # the request's time, epoch ms (the model's "now")
+
+
 @dataclass(frozen=True)
 class InferenceInput:
     request: RecRequest
     history: bytes | None  # the user's encoded history when the request was received
+
+    @property
+    def item(self) -> BatchItem:
+        r = self.request
+        return BatchItem(self.history, r.k, r.exclude_seen, r.query, r.ts)
+
+
+def serve_batch(rec: RecommenderLike, items: Sequence[BatchItem]) -> list[list[Recommendation]]:
+    """One batch through the model: the inference boundary of both runners (thread and child process)."""
+    histories = []
+    for x in items:
+        raw = history_codec.decode(x.history)
+        histories.append(rec.history_from_raw(raw.item_ids, raw.actions.tolist(), raw.ts_ms.tolist()))
+    out = rec.recommend(
+        histories,
+        k=[x.k for x in items],
+        exclude_seen=[x.exclude_seen for x in items],
+        queries=[x.query for x in items],
+        now_ms=[x.ts for x in items],
+    )
+    if len(out) != len(items):
+        raise RuntimeError(f"recommend returned {len(out)} lists for {len(items)} requests")
+    return out
+
+
+class ModelRefused(ValueError):
+    """A model version that was loaded but is not taken: it is not swapped in, the current one serves on."""
+
+
+class ProbeFailed(ModelRefused):
+    """A model version failed its test inference: it cannot serve."""
+
+
+class VersionMismatch(ModelRefused):
+    """The checkpoint holds another version than the one asked for (a models-topic message names it)."""
+
+
+PROBE_QUERY = "a test search"
+
+
+def probe(rec: RecommenderLike, now_ms: int | None = None) -> None:
+    """The test inference a version must pass before it serves: a new user, a user with a history of known
+    items, and (when the model reads queries) a search. Each must return a non-empty list of known items with
+    finite scores, ranked 1..n. Raises ProbeFailed (or what the model raised) otherwise."""
+    import math
+
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    codec = history_codec.HistoryCodec(max_events=max(1, min(rec.max_events, 200)), max_ids=0)
+    known = list(rec.item_ids[:3])
+    if not known:
+        raise ProbeFailed("the model has no items")
+    hist: bytes | None = None
+    for i, item in enumerate(known):
+        hist = codec.append(hist, event_id=f"probe-{i}", item_id=item, action=1, ts_ms=now - 60_000 * (3 - i))
+    items = [BatchItem(None, 5, True, None, now), BatchItem(hist, 5, True, None, now)]
+    if rec.supports_queries:
+        items.append(BatchItem(hist, 5, True, PROBE_QUERY, now))
+    vocabulary = set(rec.item_ids)
+    for item, recs in zip(items, serve_batch(rec, items), strict=True):
+        what = "search" if item.query else ("new user" if item.history is None else "user with a history")
+        if not recs:
+            raise ProbeFailed(f"test inference ({what}): an empty list")
+        if [r.rank for r in recs] != list(range(1, len(recs) + 1)):
+            raise ProbeFailed(f"test inference ({what}): ranks {[r.rank for r in recs][:10]} are not 1..n")
+        for r in recs:
+            if r.item_id not in vocabulary:
+                raise ProbeFailed(f"test inference ({what}): item {r.item_id!r} is not in the vocabulary")
+            if not (math.isfinite(r.score) and math.isfinite(r.retrieval_score)):
+                raise ProbeFailed(f"test inference ({what}): a non-finite score for item {r.item_id!r}")
 
 
 def default_torch_threads() -> int:
@@ -91,20 +187,22 @@ class InferenceRunner:
     def version(self) -> str:
         return self.recommender.version
 
-    async def swap(self, loader: Callable[[], RecommenderLike]) -> RecommenderLike:
-        """Load a model and serve it from the next batch on; if loading fails the current model keeps serving.
+    async def swap(self, path: str | Path, *, expected_sha256: str | None = None,
+                   expected_version: str | None = None) -> str:
+        """Serve the checkpoint at `path` from the next batch on; returns its version. If it cannot serve (a
+        `CheckpointError` for a corrupted, truncated or sha-mismatched checkpoint, another version than
+        expected, a failed test inference) the exception reaches the caller and the current model keeps serving.
 
-        The load (hashing, reading, building) runs on the loop's default executor so that batches keep
-        being served meanwhile; the switch itself runs on the inference thread, so it falls between two
-        batches and never under one. Whatever the loader raises (a `CheckpointError` for a corrupted,
-        truncated or sha-mismatched checkpoint) reaches the caller with nothing changed.
+        The load (hashing, reading, building, the probe) runs on the loop's default executor so that batches
+        keep being served meanwhile; the switch itself runs on the inference thread, so it falls between two
+        batches and never under one.
         """
         loop = asyncio.get_running_loop()
-        new = await loop.run_in_executor(None, loader)
+        new = await loop.run_in_executor(None, load_version, path, expected_sha256, expected_version)
         old = self.recommender.version
         await loop.run_in_executor(self._executor, self._set, new)
         log.info("model %s → %s", old, new.version)
-        return new
+        return new.version
 
     def _set(self, recommender: RecommenderLike) -> None:
         self.recommender = recommender
@@ -112,25 +210,12 @@ class InferenceRunner:
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def infer_sync(self, batch: Sequence[InferenceInput]) -> list[list[Any]]:
+    def infer_sync(self, batch: Sequence[InferenceInput]) -> list[list[Recommendation]]:
         rec = self.recommender
         self.last_version = rec.version
-        histories = []
-        for x in batch:
-            raw = history_codec.decode(x.history)
-            histories.append(rec.history_from_raw(raw.item_ids, raw.actions.tolist(), raw.ts_ms.tolist()))
-        out = rec.recommend(
-            histories,
-            k=[x.request.k for x in batch],
-            exclude_seen=[x.request.exclude_seen for x in batch],
-            queries=[x.request.query for x in batch],
-            now_ms=[x.request.ts for x in batch],
-        )
-        if len(out) != len(batch):
-            raise RuntimeError(f"recommend returned {len(out)} lists for {len(batch)} requests")
-        return out
+        return serve_batch(rec, [x.item for x in batch])
 
-    async def infer(self, batch: Sequence[InferenceInput]) -> tuple[list[list[Any] | Exception], float]:
+    async def infer(self, batch: Sequence[InferenceInput]) -> tuple[list[list[Recommendation] | Exception], float]:
         """One outcome per input (a ranked list, or the error for that request) and the model seconds.
 
         A batch that fails as a whole is retried one request at a time, so that one poisonous request
@@ -139,7 +224,7 @@ class InferenceRunner:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
-            lists: list[list[Any] | Exception] = list(
+            lists: list[list[Recommendation] | Exception] = list(
                 await loop.run_in_executor(self._executor, self.infer_sync, batch)
             )
         except Exception as exc:

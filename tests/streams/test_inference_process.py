@@ -3,6 +3,7 @@ child that dies makes the worker restart instead of dead-lettering the batch."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -10,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import WEIGHTS
-from model.serving import Recommender
+from model.checkpoint import WEIGHTS, CheckpointError
+from model.serving import Recommendation, Recommender
 from schemas.messages import RecRequest
 from streams import history_codec
-from streams.inference_process import ChildError, InferenceProcessError, ProcessInferenceRunner
-from streams.serving import InferenceInput, InferenceRunner
+from streams.inference_process import InferenceProcessError, ProcessInferenceRunner
+from streams.serving import InferenceInput, InferenceRunner, VersionMismatch
 
 TS = 1_700_000_000_000
 
@@ -63,8 +64,32 @@ def test_a_damaged_checkpoint_is_refused_at_start_with_the_reason(checkpoint: Pa
     raw = bytearray((bad / WEIGHTS).read_bytes())
     raw[len(raw) // 2] ^= 0x01
     (bad / WEIGHTS).write_bytes(bytes(raw))
-    with pytest.raises(ChildError, match="CheckpointError"):
+    # The same type as a thread runner raises: the child's refusal is not a generic child error.
+    with pytest.raises(CheckpointError, match="does not match"):
         ProcessInferenceRunner(bad, torch_threads=1)
+
+
+async def test_a_swap_loads_the_model_once_in_the_child_never_in_the_worker(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streams.serving
+
+    child = ProcessInferenceRunner(checkpoint, torch_threads=1)
+    try:
+        def no_load_here(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the worker process loaded the model")
+
+        monkeypatch.setattr(Recommender, "from_checkpoint", no_load_here)
+        monkeypatch.setattr(streams.serving, "load_version", no_load_here)
+        version = child.version
+        assert await child.swap(checkpoint, expected_version=version) == version
+        with pytest.raises(VersionMismatch):
+            await child.swap(checkpoint, expected_version="another")
+        ok, _ = await child.infer(_inputs(json.loads((checkpoint / "items.json").read_text())))
+        assert all(isinstance(r, Recommendation) for out in ok if isinstance(out, list) for r in out)
+        assert ok and all(isinstance(out, list) and out for out in ok)
+    finally:
+        child.close()
 
 
 async def test_signals_to_the_child_are_ignored_and_its_death_restarts_the_worker(checkpoint: Path) -> None:

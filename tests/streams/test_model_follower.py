@@ -27,12 +27,15 @@ def _follower(table: dict[bytes, bytes], load: Callable[[ModelVersion], Any]) ->
     serving = ["v1"]
     outcomes: list[str] = []
 
-    async def swap(loader: Callable[[], Any]) -> Any:
-        rec = loader()  # raises: nothing changes
+    async def swap(msg: ModelVersion) -> str:
+        # As a runner does: load (raises: nothing changes), check the version, then switch.
+        rec = load(msg)
+        if rec.version != msg.version:
+            raise ValueError(f"checkpoint holds version {rec.version}, the message names {msg.version}")
         serving[0] = rec.version
-        return rec
+        return rec.version
 
-    f = ModelFollower(table, load, swap, lambda: serving[0], lambda kind, v: outcomes.append(f"{kind}:{v}"))
+    f = ModelFollower(table, swap, lambda: serving[0], lambda kind, v: outcomes.append(f"{kind}:{v}"))
     return f, outcomes
 
 
@@ -70,3 +73,15 @@ def test_swaps_refuses_and_never_retries_the_same_record() -> None:
     asyncio.run(main())
     assert loads == ["v2", "broken", "liar", "v3"]
     assert outcomes == ["swapped:v2", "refused:broken", "refused:liar", "refused:?", "swapped:v3"]
+
+
+def test_a_swap_that_reports_another_version_is_refused() -> None:
+    table = {MODEL_KEY: _msg("v2")}
+    outcomes: list[str] = []
+
+    async def swap(msg: ModelVersion) -> str:
+        return "v-other"
+
+    f = ModelFollower(table, swap, lambda: "v1", lambda kind, v: outcomes.append(f"{kind}:{v}"))
+    assert asyncio.run(f.poll()) == "refused" and "v-other" in (f.last_error or "")
+    assert outcomes == ["refused:v2"]

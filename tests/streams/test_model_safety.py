@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from model.generative import GenerativeRecommender
 from model.serving import Recommender
 from schemas.messages import RecRequest
 from streams import history_codec
-from streams.serving import InferenceInput, InferenceRunner
+from streams.serving import InferenceInput, InferenceRunner, ProbeFailed
 
 N_ITEMS = 40
 TS = 1_700_000_000_000
@@ -130,23 +129,38 @@ async def test_the_current_model_keeps_serving_when_a_swap_is_refused(store: Pat
         for i, how in enumerate(DAMAGES):
             bad = _damage(store / "good-a", tmp_path / f"bad{i}", how)
 
-            def loader(p: Path = bad) -> Recommender:
-                return Recommender.from_checkpoint(p)
-
             with pytest.raises(CheckpointError):
-                await runner.swap(loader)
+                await runner.swap(bad)
             assert runner.version == "good-a"
             after, _ = await runner.infer(_inputs())
             assert _served(after) == _served(before)
 
+        # Loads, but cannot serve: the test inference refuses it (issue 19 item 6).
+        with pytest.raises(ProbeFailed, match=r"test inference \(new user\)"):
+            await runner.swap(_cannot_serve(store / "good-b", tmp_path / "nan-popularity"))
+        # Another version than the message names.
+        with pytest.raises(ValueError, match="names other"):
+            await runner.swap(store / "good-b", expected_version="other")
+        assert runner.version == "good-a"
+        assert _served((await runner.infer(_inputs()))[0]) == _served(before)
+
         # A good checkpoint is taken, and serves from the next batch on.
-        load_b: Callable[[], Recommender] = lambda: Recommender.from_checkpoint(store / "good-b")  # noqa: E731
-        await runner.swap(load_b)
+        assert await runner.swap(store / "good-b", expected_version="good-b") == "good-b"
         assert runner.version == "good-b"
         swapped, _ = await runner.infer(_inputs())
         assert _served(swapped) != _served(before)  # different weights, different lists
     finally:
         runner.close()
+
+
+def _cannot_serve(src: Path, dst: Path) -> Path:
+    """A copy whose config.json (not covered by the weights' hash) gives every item a NaN popularity: it loads,
+    and every new user's list has NaN scores, which no result can carry."""
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "config.json").read_text())
+    meta["item_popularity"] = [float("nan")] * len(meta.get("item_popularity") or [0] * meta["model"]["num_items"])
+    (dst / "config.json").write_text(json.dumps(meta))
+    return dst
 
 
 def test_model_paths_from_messages_stay_inside_the_model_store(store: Path, tmp_path: Path) -> None:
