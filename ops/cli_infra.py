@@ -88,7 +88,8 @@ def topics_create(
     ),
     replication_factor: int = typer.Option(1, "--replication-factor", envvar="GENREC_REPLICATION", min=1),
     compact: bool = typer.Option(
-        True, "--compact/--no-compact", help="Compact changelog-like topics (genrec.models, --compacted)."
+        True, "--compact/--no-compact",
+        help="Compact the changelog topics (--compacted, --app-id); genrec.models is always compacted."
     ),
     compacted: list[str] = typer.Option(
         [], "--compacted", help="Extra changelog topic to create compacted (repeatable)."

@@ -75,12 +75,16 @@ def default_specs(
         # With 3 copies, acks=all must survive one broker down yet never rest on a single copy.
         base["min.insync.replicas"] = "2"
     compact = {**base, **COMPACT} if compact_changelogs else dict(base)
+    # genrec.models is always compacted, whatever `compact_changelogs` says: it holds one key that every replica
+    # reads whole, and time-based retention would one day delete the version being served, so a replica
+    # (re)started after that would serve its --checkpoint instead.
+    models = {**base, **COMPACT}
     specs = [
         TopicSpec(names.events, partitions, replication_factor, dict(base)),
         TopicSpec(names.requests, partitions, replication_factor, dict(base)),
         TopicSpec(names.results, partitions, replication_factor, dict(base)),
         TopicSpec(names.deadletter, partitions, replication_factor, dict(base)),
-        TopicSpec(names.models, 1, replication_factor, compact),
+        TopicSpec(names.models, 1, replication_factor, models),
     ]
     specs += [TopicSpec(name, partitions, replication_factor, compact) for name in extra_compacted]
     seen: set[str] = set()

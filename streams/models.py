@@ -59,7 +59,10 @@ class ModelsTopicTable(Service):
         await c.seek_to_beginning(*tps)
 
     async def _declare(self) -> None:
-        """The topic must exist before it is read: one partition (design.md §3), created if missing."""
+        """The topic must exist before it is read: one partition (design.md §3), compacted, created if missing.
+
+        Compacted: it holds one key read whole, and time-based retention would one day delete the version being
+        served (a replica started after that would serve its --checkpoint instead)."""
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
         from aiokafka.errors import TopicAlreadyExistsError
 
@@ -67,7 +70,8 @@ class ModelsTopicTable(Service):
         admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers, **s.aiokafka_security())
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(s.models_topic, 1, s.replication)])
+            await admin.create_topics([NewTopic(s.models_topic, 1, s.replication,
+                                                topic_configs={"cleanup.policy": "compact"})])
         except TopicAlreadyExistsError:
             pass
         except Exception as exc:  # a cluster that forbids creating it: it may exist already; reading tells
