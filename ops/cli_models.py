@@ -20,13 +20,22 @@ BootstrapOpt = Annotated[str, typer.Option("--bootstrap", envvar="GENREC_BOOTSTR
                                            help="Kafka bootstrap HOST:PORT (env GENREC_BOOTSTRAP)")]
 TopicOpt = Annotated[str, typer.Option("--models-topic", envvar="GENREC_MODELS_TOPIC")]
 
-models_app = typer.Typer(no_args_is_help=True, help="Model versions: list, promote, rollback.")
+models_app = typer.Typer(no_args_is_help=True,
+                         help="Model versions: list, promote, rollback; pause/resume the trainer's publishing.")
 
 
 def read_published(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
     """Every ModelVersion on the topic, oldest first (unreadable records skipped)."""
+    return read_topic(bootstrap, topic, timeout_s)[0]
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> tuple[list[Any], Any]:
+    """(every ModelVersion, oldest first; the latest PublishingControl or None); unreadable records skipped."""
     from ops.kafka_clients import make_consumer
-    from schemas.messages import ModelVersion, decode
+    from schemas.messages import ModelVersion, PublishingControl, decode
+    from streams.models import MODEL_KEY, PUBLISHING_KEY
+
+    control: list[Any] = [None]
 
     async def main() -> list[Any]:
         c = make_consumer(bootstrap)
@@ -51,7 +60,10 @@ def read_published(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[
                 for msgs in got.values():
                     for m in msgs:
                         try:
-                            out.append((m.offset, decode(ModelVersion, m.value)))
+                            if m.key == PUBLISHING_KEY:
+                                control[0] = decode(PublishingControl, m.value)
+                            elif m.key in (MODEL_KEY, None):
+                                out.append((m.offset, decode(ModelVersion, m.value)))
                         except ValueError:
                             continue
                 if not got and all([await c.position(tp) >= ends[tp] - 1 for tp in tps]):
@@ -60,22 +72,38 @@ def read_published(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[
             await c.stop()
         return [v for _, v in sorted(out, key=lambda x: x[0])]
 
-    return asyncio.run(main())
+    versions = asyncio.run(main())
+    return versions, control[0]
 
 
-def publish(bootstrap: str, topic: str, msg: Any) -> None:
+def publish(bootstrap: str, topic: str, msg: Any, pause: Any = None) -> None:
+    """A ModelVersion (None: none), after a PublishingControl when given, in that order on the one partition."""
     from ops.kafka_clients import make_producer
-    from streams.models import publish_version
+    from streams.models import publish_control, publish_version
 
     async def main() -> None:
         p = make_producer(bootstrap, one_record_batches=True, acks="all")
         await p.start()
         try:
-            await publish_version(p, topic, msg)
+            if pause is not None:
+                # First: a trainer that sees the rollback sees the pause with it, never a round in between.
+                await publish_control(p, topic, pause)
+            if msg is not None:
+                await publish_version(p, topic, msg)
         finally:
             await p.stop()
 
     asyncio.run(main())
+
+
+def _who() -> str:
+    import getpass
+    import socket
+
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"[:128]
+    except (KeyError, OSError):
+        return socket.gethostname()[:128]
 
 
 def _verified(store: Path, version: str) -> Any:
@@ -104,14 +132,20 @@ def list_cmd(store: StoreOpt, bootstrap: BootstrapOpt = "127.0.0.1:9092", models
 
     versions = ModelStore(store).list()
     serving = None
+    control = None
     if published:
-        msgs = read_published(bootstrap, models_topic)
+        msgs, control = read_topic(bootstrap, models_topic)
         serving = msgs[-1].version if msgs else None
+    publishing = {"paused": bool(control and control.paused), "reason": control.reason if control else None,
+                  "at": control.at if control else None, "by": control.by if control else None}
     rows = [{"version": v.version, "parent": v.parent, "sha256": v.sha256, "created_at": v.created_at,
              "metrics": v.metrics, "serving": v.version == serving} for v in versions]
     if as_json:
-        sys.stdout.write(json.dumps({"serving": serving, "versions": rows}) + "\n")
+        sys.stdout.write(json.dumps({"serving": serving, "publishing": publishing, "versions": rows}) + "\n")
         return
+    if publishing["paused"]:
+        typer.echo(f"trainer publishing PAUSED ({publishing['reason'] or 'no reason given'}; "
+                   "genrec models resume to let it publish again)")
     for r in rows:
         mark = "*" if r["serving"] else " "
         nd = r["metrics"].get("candidate_ndcg@10")
@@ -133,9 +167,14 @@ def promote(version: Annotated[str, typer.Argument()], store: StoreOpt, bootstra
 @models_app.command("rollback")
 def rollback(store: StoreOpt, bootstrap: BootstrapOpt = "127.0.0.1:9092", models_topic: TopicOpt = "genrec.models",
              to: Annotated[str | None, typer.Option("--to", help="version (default: parent of the serving one)")]
-             = None) -> None:
-    """Publish an older version: `--to VERSION`, or the parent of the version published last."""
-    from streams.models import version_message
+             = None,
+             keep_publishing: Annotated[bool, typer.Option(
+                 "--keep-publishing", help="do not pause the trainer (by default a rollback pauses its publishing, "
+                                           "so that its next candidate does not replace the rolled-back version)")]
+             = False) -> None:
+    """Publish an older version: `--to VERSION`, or the parent of the version published last; pauses the
+    trainer's publishing unless `--keep-publishing` (`genrec models resume` undoes it)."""
+    from streams.models import publishing_control, version_message
 
     if to is None:
         msgs = read_published(bootstrap, models_topic)
@@ -147,8 +186,29 @@ def rollback(store: StoreOpt, bootstrap: BootstrapOpt = "127.0.0.1:9092", models
             typer.echo(f"genrec models: {msgs[-1].version} has no parent; pass --to", err=True)
             raise typer.Exit(2)
     info = _verified(store, to)
-    publish(bootstrap, models_topic, version_message(info, "rollback"))
-    typer.echo(json.dumps({"published": info.version, "kind": "rollback"}))
+    pause = None if keep_publishing else publishing_control(True, f"rollback to {info.version}", _who())
+    publish(bootstrap, models_topic, version_message(info, "rollback"), pause)
+    typer.echo(json.dumps({"published": info.version, "kind": "rollback", "publishing_paused": pause is not None}))
+
+
+@models_app.command("pause")
+def pause_cmd(bootstrap: BootstrapOpt = "127.0.0.1:9092", models_topic: TopicOpt = "genrec.models",
+              reason: Annotated[str | None, typer.Option("--reason", help="why (shown by list and the trainer)")]
+              = None) -> None:
+    """Stop the trainer publishing versions (it trains no rounds meanwhile, and still follows promote/rollback)."""
+    from streams.models import publishing_control
+
+    publish(bootstrap, models_topic, None, publishing_control(True, reason, _who()))
+    typer.echo(json.dumps({"publishing": "paused", "reason": reason}))
+
+
+@models_app.command("resume")
+def resume_cmd(bootstrap: BootstrapOpt = "127.0.0.1:9092", models_topic: TopicOpt = "genrec.models") -> None:
+    """Let the trainer publish versions again."""
+    from streams.models import publishing_control
+
+    publish(bootstrap, models_topic, None, publishing_control(False, None, _who()))
+    typer.echo(json.dumps({"publishing": "resumed"}))
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

@@ -274,6 +274,19 @@ class ModelVersion(_Message):
     kind: Literal["publish", "rollback", "promote"] = "publish"
 
 
+class PublishingControl(_Message):
+    """On `genrec.models` under the key "publishing" (latest wins): whether the trainer may publish versions.
+
+    `genrec models pause` writes `paused=true` (and `genrec models rollback` does, unless told otherwise), so
+    that a rolled-back version is not replaced by the trainer's next candidate; `resume` writes `paused=false`.
+    """
+
+    paused: bool
+    reason: str | None = Field(default=None, max_length=MAX_ERROR_LEN)
+    at: float
+    by: str | None = Field(default=None, max_length=MAX_ID_LEN)
+
+
 class MessageTooLarge(ValueError):
     pass
 
@@ -394,6 +407,7 @@ ALL_MESSAGES: dict[str, type[_Message]] = {
     "RecResult": RecResult,
     "DeadLetter": DeadLetter,
     "ModelVersion": ModelVersion,
+    "PublishingControl": PublishingControl,
 }
 
 

@@ -14,12 +14,14 @@ from typing import Any
 from mode import Service
 
 from model.store import VersionInfo
-from schemas.messages import MAX_MESSAGE_BYTES, ModelVersion, decode, encode
+from schemas.messages import MAX_MESSAGE_BYTES, ModelVersion, PublishingControl, decode, encode
 from streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)
 
 MODEL_KEY = b"model"
+# The trainer's publishing switch (schemas.PublishingControl) on the same topic: compacted, latest wins.
+PUBLISHING_KEY = b"publishing"
 
 
 class ModelsTopicTable(Service):
@@ -144,6 +146,45 @@ class ModelFollower:
         self._on_outcome("swapped", msg.version)
         self.last_error = None
         return "swapped"
+
+
+class PublishingSwitch:
+    """Whether an operator paused the trainer's publishing (`genrec models pause`, or a rollback).
+
+    The trainer asks before each round (`paused(table)`): while paused it runs none, so nothing is published,
+    and it still follows a promote or rollback. A record that cannot be read counts as paused: the safe side
+    after a rollback is not to replace the serving version. Transitions are logged once.
+    """
+
+    def __init__(self) -> None:
+        self.state: PublishingControl | None = None
+        self._logged: bytes | None = None
+
+    def paused(self, table: Any) -> bool:
+        raw = table.get(PUBLISHING_KEY)
+        if raw is None:
+            return False
+        try:
+            self.state = decode(PublishingControl, raw)
+        except ValueError as exc:
+            if raw != self._logged:
+                log.error("unreadable publishing control on the models topic (%s): not publishing", exc)
+            self._logged = raw
+            return True
+        if raw != self._logged:
+            self._logged = raw
+            log.warning("model publishing %s%s", "paused" if self.state.paused else "resumed",
+                        f": {self.state.reason}" if self.state.reason else "")
+        return self.state.paused
+
+
+def publishing_control(paused: bool, reason: str | None = None, by: str | None = None) -> PublishingControl:
+    return PublishingControl(paused=paused, reason=reason, at=time.time(), by=by)
+
+
+async def publish_control(producer: Any, topic: str, msg: PublishingControl) -> None:
+    """One record, confirmed (one-record batches on the embedded broker, as for versions)."""
+    await producer.send_and_wait(topic, key=PUBLISHING_KEY, value=encode(msg))
 
 
 def version_message(info: VersionInfo, kind: str = "publish") -> ModelVersion:

@@ -37,7 +37,7 @@ from streams import history_codec, recovery_watch
 from streams.app import KafkaOutput
 from streams.app_builder import build_faust_app, install_pages, raw_topic, state_table
 from streams.metrics import CONTENT_TYPE
-from streams.models import MODEL_KEY, ModelsTopicTable, publish_version, version_message
+from streams.models import MODEL_KEY, ModelsTopicTable, PublishingSwitch, publish_version, version_message
 from streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ class GenrecTrainer:
         app.agent(self.results_topic, name="genrec.trainer.results")(self._results_agent)
         self._published: set[str] = set()
         self._ready = False
+        self.publishing = PublishingSwitch()  # genrec models pause / resume
 
         self._pages()
 
@@ -166,6 +167,8 @@ class GenrecTrainer:
         raw = self.models.get(MODEL_KEY)
         if raw is not None:
             await self._maybe_follow(raw)
+        if self.publishing.paused(self.models):
+            return  # paused by an operator (after a rollback, say): no round, so nothing is published
         if not learner.ready():
             return
         loop = asyncio.get_running_loop()

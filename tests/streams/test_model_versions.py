@@ -7,6 +7,7 @@ serving; rollback goes back to the parent.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -127,8 +128,13 @@ def test_promote_swaps_without_losing_requests_refuses_bad_sha_and_rolls_back(
     back = _results(w, send("e", 5))
     assert {r.model_version for r in back} == {"v1"}
     assert {r.user_id: [i.item_id for i in r.items] for r in back} == {u: v1_lists[u] for u in v1_lists}
-    listed = _cli("list", "--store", str(store.root), "--models-topic", models_topic, "--json", env=env)
-    assert '"serving": "v1"' in listed
+    listed = json.loads(_cli("list", "--store", str(store.root), "--models-topic", models_topic, "--json", env=env))
+    assert listed["serving"] == "v1"
+    # The rollback paused the trainer's publishing (issue 19 item 6); resume lets it publish again.
+    assert listed["publishing"]["paused"] and listed["publishing"]["reason"] == "rollback to v1"
+    _cli("resume", "--models-topic", models_topic, env=env)
+    listed = json.loads(_cli("list", "--store", str(store.root), "--models-topic", models_topic, "--json", env=env))
+    assert listed["serving"] == "v1" and not listed["publishing"]["paused"]
     # Rollback without --to: the parent of the serving v1 does not exist → refused with a message.
     with pytest.raises(subprocess.CalledProcessError):
         _cli("rollback", "--store", str(store.root), "--models-topic", models_topic, env=env)
