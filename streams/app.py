@@ -5,6 +5,9 @@
     genrec.requests ──infer──▶ micro-batches ──▶ model (a child process) ──▶ genrec.results
     bad input, anywhere ──▶ genrec.deadletter
 
+What happens to a record is decided by the handlers (streams/handlers.py, no Faust in there); the agents here
+wire them to the topics, the table, the ordered acks and the micro-batcher.
+
 Guarantee: at least once. A request is acked only after its result (or dead letter) is confirmed by
 the broker, and a partition's requests are acked in offset order; table writes stay in the per-event path
 of the ingest agent (Faust cannot write tables from a batch). Every offset commit follows the commit
@@ -17,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -26,34 +28,28 @@ from faust.types import EventT, StreamT
 from mode import Service
 
 from model.checkpoint import resolve_in_store
-from model.tokens import action_from_event
-from schemas.messages import (
-    Event,
-    EventType,
-    ModelVersion,
-    RecRequest,
-    RecResult,
-    ScoredItem,
-    check_not_ahead,
-    dead_letter,
-    decode,
-    encode,
-    rejection,
-)
-from streams import history_codec, recovery_watch
+from schemas.messages import ModelVersion
+from streams import recovery_watch
 from streams.app_builder import build_faust_app, install_pages, raw_topic, state_table
 from streams.batcher import MicroBatcher
 from streams.checkpoint import Checkpoint
+from streams.handlers import (
+    Attempts,
+    IngestHandler,
+    Liveness,
+    Pending,
+    Record,
+    RequestHandler,
+    dead_letter_poison,
+)
 from streams.metrics import CONTENT_TYPE, WorkerMetrics
 from streams.models import ModelFollower, ModelsTopicTable
-from streams.serving import InferenceInput, InferenceRunner, RecommenderLike, load_recommender
+from streams.serving import InferenceRunner, RecommenderLike, load_recommender
 from streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)
 
 HISTORY_TABLE = "user_history"
-# Marks a request forwarded from a query event (for metrics; the request itself is a plain RecRequest).
-SOURCE_HEADER = "genrec-source"
 
 
 class KafkaOutput(Service):
@@ -115,6 +111,20 @@ class KafkaOutput(Service):
             await self.producer.flush()
 
 
+class TableStore:
+    """The history table as the handlers' `HistoryStore`: a write goes to RocksDB and the changelog (whose send
+    the commit protocol confirms before the source offset is committed)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.table.get(key)
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self.table[key] = value
+
+
 class ModelHolder(Service):
     """Loads the model before Faust joins the group, so a worker never owns partitions it cannot serve."""
 
@@ -165,32 +175,6 @@ class ModelHolder(Service):
             await asyncio.get_running_loop().run_in_executor(None, self.runner.close)
 
 
-@dataclass
-class _Pending:
-    request: RecRequest
-    source: str  # "request" | "query"
-    history: bytes | None
-    produced_ms: int  # Kafka timestamp of the request (or of the query event it came from)
-    key: bytes
-    partition: int
-    offset: int
-    ack: Callable[[], Awaitable[Any]]
-    received: float = field(default_factory=time.perf_counter)
-    # The record as it came, for its dead letter should the model fail on it.
-    value: bytes | None = None
-    headers: Any = None
-
-
-def _header(headers: Any, name: str) -> bytes | None:
-    if not headers:
-        return None
-    items = headers.items() if isinstance(headers, dict) else headers
-    for k, v in items:
-        if k == name:
-            return v if isinstance(v, bytes) else str(v).encode()
-    return None
-
-
 class GenrecWorker:
     """Builds the Faust app, its topics, table, agents and web pages from one settings object."""
 
@@ -199,8 +183,6 @@ class GenrecWorker:
     ) -> None:
         s = self.settings = settings
         self.metrics = WorkerMetrics()
-        self.codec = history_codec.HistoryCodec(s.history_len, s.dedup_ids)
-        self._max_ahead_ms = int(s.max_ahead_s * 1000)
         self.app = app = build_faust_app(s, s.app_id, standby_replicas=s.standby_replicas)
         self.output = KafkaOutput(s)
         self.model = ModelHolder(s, self.metrics, recommender_loader)
@@ -216,11 +198,13 @@ class GenrecWorker:
         # Only these agents' own acks count for their topics (streams/transport.py says why).
         app.agent_acked_topics.update({s.events_topic, s.requests_topic})
         self.history = state_table(app, HISTORY_TABLE, s)
-        self.batcher: MicroBatcher[_Pending] | None = None
-        # Label lookups cost a dict walk and a lock per event on the hot path: resolve them once.
-        self._n_appended = self.metrics.events.labels(outcome="appended")
-        self._n_duplicate = self.metrics.events.labels(outcome="duplicate")
-        self._n_query = self.metrics.events.labels(outcome="query")
+        self.batcher: MicroBatcher[Pending] | None = None
+        # The logic, apart from Faust (streams/handlers.py); the agents below only wire it.
+        store = TableStore(self.history)
+        self.ingest = IngestHandler(s, store, self.output, self.metrics)
+        self.requests = RequestHandler(s, store, self.output, self.metrics)
+        self.attempts = Attempts(s.max_attempts)
+        self.liveness = Liveness(s.health_stuck_s)
         app.agent(self.events_topic, name="genrec.ingest")(self._ingest_agent)
         app.agent(self.requests_topic, name="genrec.infer")(self._infer_agent)
         self.follower = self._follow_models() if s.follow_models and s.model_store is not None else None
@@ -269,51 +253,7 @@ class GenrecWorker:
 
         return follower
 
-    # ---------------------------------------------------------------- shared helpers
-
-    async def _dead_letter(self, message: Any, error: BaseException) -> asyncio.Future[Any]:
-        """Send the rejected message with its source position and reason; resolves when confirmed."""
-        reason, text = rejection(error, message.value)
-        # The record whole (value, key, headers, timestamp), so that it can be redriven after a fix.
-        dl = dead_letter(
-            source_topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            value=message.value,
-            reason=reason,
-            error=text,
-            headers=message.headers,
-            timestamp_ms=self._kafka_ts_ms(message),
-        )
-        self.metrics.dead_letters.labels(source_topic=message.topic).inc()
-        self.metrics.rejected.labels(source_topic=message.topic, reason=reason).inc()
-        return await self.output.send(self.settings.deadletter_topic, message.key, encode(dl))
-
-    @staticmethod
-    def _kafka_ts_ms(message: Any) -> int:
-        ts = getattr(message, "timestamp", None)
-        return int(ts * 1000) if ts else int(time.time() * 1000)
-
-    # ---------------------------------------------------------------- ingest
-
-    async def _ingest_agent(self, stream: StreamT) -> None:
-        # Manual acks: Faust acks an event whose processing raised, and commits it on the way down.
-        # Here an unexpected error leaves it unacked and stops the worker, so it is processed again.
-        manual = stream.noack()
-        async for event in manual.events():
-            try:
-                await self._on_event(event)
-            except Exception as exc:
-                log.exception(
-                    "ingest failed on %s[%d]@%d; stopping",
-                    event.message.topic,
-                    event.message.partition,
-                    event.message.offset,
-                )
-                await self.app.crash(exc)
-                raise
-            await self._ack(manual, event)
+    # ---------------------------------------------------------------- agents (wiring only)
 
     async def _ack(self, stream: StreamT, event: EventT) -> None:
         """Ack a message an agent has finished: on the agents' topics only these acks count
@@ -321,65 +261,32 @@ class GenrecWorker:
         self.app.mark_processed(event.message)
         await stream.ack(event)
 
-    async def _on_event(self, event: EventT) -> None:
+    async def _fail(self, stream: StreamT, event: EventT, exc: BaseException, what: str) -> None:
+        """A send failed (or the handler broke past its attempts): the task fails, nothing is committed past
+        this message. Its ack is released unrecorded, so that a stop does not wait for it (wait_empty)."""
         m = event.message
-        try:
-            ev: Event = decode(Event, m.value)
-            check_not_ahead(ev.ts, self._max_ahead_ms)
-            action = None if ev.type is EventType.QUERY else int(action_from_event(ev.type.value, ev.value))
-        except ValueError as exc:
-            await (await self._dead_letter(m, exc))
+        log.error("%s failed on %s[%d]@%d (%r); stopping", what, m.topic, m.partition, m.offset, exc)
+        await stream.ack(event)  # not marked processed: no offset recorded (transport._Consumer.ack)
+        await self.app.crash(exc)
+
+    async def _ingest_agent(self, stream: StreamT) -> None:
+        # Manual acks: Faust acks an event whose processing raised, and commits it on the way down.
+        manual = stream.noack()
+
+        async def poison(rec: Record, exc: BaseException) -> None:
+            await dead_letter_poison(self.ingest, rec, exc)
             self.metrics.events.labels(outcome="dead_letter").inc()
-            return
-        key = ev.user_id.encode("utf-8")
-        if m.key != key:
-            # Co-partitioning needs the user id as key: re-publish under it instead of writing state
-            # into a partition whose requests are served elsewhere.
-            await (await self.output.send(self.settings.events_topic, key, m.value, self._kafka_ts_ms(m)))
-            self.metrics.events.labels(outcome="rekeyed").inc()
-            return
-        current = self.history.get(key)
-        try:
-            if ev.type is EventType.QUERY:
-                new = await self._on_query(m, ev, key, current)
-                outcome = "query"
-            else:
-                assert action is not None and ev.item_id is not None
-                # append() recognises a redelivered event_id itself (None: nothing to write).
-                new = self.codec.append(current, event_id=ev.event_id, item_id=ev.item_id, action=action, ts_ms=ev.ts)
-                outcome = "appended"
-        except history_codec.CorruptHistoryError as exc:
-            # Never block a user forever on an unreadable value: log it and start the history afresh.
-            log.error("user %r: unreadable history (%s); starting it afresh", ev.user_id, exc)
-            self.history[key] = history_codec.encode(history_codec.RawHistory())
-            return await self._on_event(event)
-        if new is None:
-            self._n_duplicate.inc()
-            return
-        self.history[key] = new
-        (self._n_query if outcome == "query" else self._n_appended).inc()
 
-    async def _on_query(self, m: Any, ev: Event, key: bytes, current: bytes | None) -> bytes | None:
-        if self.codec.seen(current, ev.event_id):
-            return None
-        if self.settings.queries_as_requests:
-            req = RecRequest(
-                request_id=ev.event_id,
-                user_id=ev.user_id,
-                ts=ev.ts,
-                k=self.settings.query_k,
-                query=ev.query,
-                exclude_seen=self.settings.query_exclude_seen,
-            )
-            # Confirmed before the event id is recorded: a crash in between re-forwards (a duplicate
-            # result with the same request_id), never drops the search.
-            fut = await self.output.send(
-                self.settings.requests_topic, key, encode(req), self._kafka_ts_ms(m), [(SOURCE_HEADER, b"query")]
-            )
-            await fut
-        return self.codec.append(current, event_id=ev.event_id, item_id=None, action=0, ts_ms=ev.ts)
-
-    # ---------------------------------------------------------------- infer
+        async for event in manual.events():
+            token = self.liveness.begin("ingest")
+            try:
+                await self.attempts.run(self.ingest.handle, Record.from_message(event.message), poison)
+            except Exception as exc:
+                await self._fail(manual, event, exc, "ingest")
+                raise
+            finally:
+                self.liveness.end(token)
+            await self._ack(manual, event)
 
     async def _infer_agent(self, stream: StreamT) -> None:
         s = self.settings
@@ -401,104 +308,79 @@ class GenrecWorker:
             except Exception:
                 log.exception("infer batcher failed while stopping")
 
-    async def _on_request(self, manual: StreamT, event: EventT, batcher: MicroBatcher[_Pending]) -> None:
+    async def _on_request(self, manual: StreamT, event: EventT, batcher: MicroBatcher[Pending]) -> None:
         m = event.message
 
         async def ack_now() -> None:
             await self._ack(manual, event)
 
-        # A dead letter or a forward is done at once, before earlier requests still in the batcher.
-        ack = self.app.checkpoint.acks.track(m.tp, ack_now)
-        try:
-            req: RecRequest = decode(RecRequest, m.value)
-            check_not_ahead(req.ts, self._max_ahead_ms)
-        except ValueError as exc:
-            await (await self._dead_letter(m, exc))
-            await ack()
-            return
-        key = req.user_id.encode("utf-8")
-        if m.key != key:
-            await (await self.output.send(self.settings.requests_topic, key, m.value, self._kafka_ts_ms(m)))
-            await ack()
-            return
-        source = "query" if _header(m.headers, SOURCE_HEADER) == b"query" else "request"
-        self.metrics.requests.labels(source=source).inc()
-        # Read here, in the request's own partition context (the table is co-partitioned with it).
-        history = self.history.get(key)
-        await batcher.put(_Pending(req, source, history, self._kafka_ts_ms(m), key, m.partition, m.offset, ack,
-                                   value=m.value, headers=m.headers))
-        self.metrics.pending.set(batcher.pending)
+        async def skip_now() -> None:
+            await manual.ack(event)  # not marked processed: released, no offset recorded
 
-    async def _handle_batch(self, batch: list[_Pending]) -> None:
+        # A dead letter or a forward is done at once, before earlier requests still in the batcher: the acks
+        # are released in arrival order (streams/checkpoint.py).
+        finish = self.app.checkpoint.acks.track(m.tp, ack_now, skip_now)
+        rec = Record.from_message(m)
+
+        async def poison(r: Record, exc: BaseException) -> None:
+            await dead_letter_poison(self.requests, r, exc)
+
         try:
-            await self._serve(batch)
+            pending = await self.attempts.run(self.requests.accept, rec, poison)
         except Exception as exc:
-            # Results could not be confirmed: nothing of this batch is acked; crash so that a restarted
-            # worker (or another replica) gets the requests again.
-            log.exception("could not deliver results; crashing the worker")
+            # Its slot must end, or every later request of the partition waits behind it for good.
+            await finish(processed=False)
+            log.error("request %s[%d]@%d: %r; stopping", m.topic, m.partition, m.offset, exc)
             await self.app.crash(exc)
             raise
+        if pending is None:
+            await finish()
+            return
+        pending.finish = finish
+        await batcher.put(pending)
+        self.metrics.pending.set(batcher.pending)
 
-    async def _serve(self, batch: list[_Pending]) -> None:
-        s = self.settings
+    async def _handle_batch(self, batch: list[Pending]) -> None:
         runner = self.model.runner
         assert runner is not None, "model not loaded"
-        outcomes, seconds = await asyncio.wait_for(
-            runner.infer([InferenceInput(p.request, p.history) for p in batch]), s.inference_timeout_s
-        )
-        self.metrics.batch_size.observe(len(batch))
-        self.metrics.inference_seconds.observe(seconds)
-        version = runner.last_version
-        pending: list[asyncio.Future[Any]] = []
-        sent_ms = []
-        for p, out in zip(batch, outcomes, strict=True):
-            if isinstance(out, Exception):
-                self.metrics.failed_requests.inc()
-                dl = dead_letter(
-                    source_topic=s.requests_topic,
-                    partition=p.partition,
-                    offset=p.offset,
-                    key=p.key,
-                    value=p.value if p.value is not None else encode(p.request),
-                    reason="inference",
-                    error=f"{type(out).__name__}: {out}",
-                    headers=p.headers,
-                    timestamp_ms=p.produced_ms,
-                )
-                self.metrics.dead_letters.labels(source_topic=s.requests_topic).inc()
-                self.metrics.rejected.labels(source_topic=s.requests_topic, reason="inference").inc()
-                pending.append(await self.output.send(s.deadletter_topic, p.key, encode(dl)))
-                continue
-            now_ms = time.time() * 1000.0
-            result = RecResult(
-                request_id=p.request.request_id,
-                user_id=p.request.user_id,
-                query=p.request.query,
-                model_version=version,
-                items=[
-                    ScoredItem(
-                        item_id=r.item_id,
-                        rank=r.rank,
-                        score=float(r.score),
-                        retrieval_score=float(r.retrieval_score),
-                    )
-                    for r in out
-                ],
-                latency_ms=max(0.0, now_ms - p.produced_ms),
-                worker=s.worker_id,
-            )
-            pending.append(await self.output.send(s.results_topic, p.key, encode(result)))
-            sent_ms.append(max(0.0, now_ms - p.produced_ms))
-        await asyncio.gather(*pending)
+        token = self.liveness.begin("inference batch")
+        try:
+            await self.requests.serve(batch, runner)
+        except Exception as exc:
+            # Results could not be confirmed (or the runner is gone): nothing of this batch is recorded as done;
+            # crash so that a restarted worker (or another replica) gets the requests again.
+            log.exception("could not deliver results; crashing the worker")
+            for p in batch:
+                if p.finish is not None:
+                    await p.finish(processed=False)
+            await self.app.crash(exc)
+            raise
+        finally:
+            self.liveness.end(token)
         for p in batch:
-            await p.ack()
-        self.metrics.results.inc(len(sent_ms))
-        for ms in sent_ms:
-            self.metrics.e2e_seconds.observe(ms / 1000.0)
+            if p.finish is not None:
+                await p.finish()
         if self.batcher is not None:
             self.metrics.pending.set(self.batcher.pending)
 
     # ---------------------------------------------------------------- web
+
+    def health(self) -> tuple[str, dict[str, Any]]:
+        """Liveness: "ok"; "crashed" (the app or its batcher stopped on an error, or a send failed: the process is
+        on its way out); "stuck" (an event or an inference batch running past `health_stuck_s`). A slow start
+        (model loading, tables recovering) is "ok": readiness (/ready) is the gate for traffic."""
+        app = self.app
+        if app._crashed.is_set():
+            return "crashed", {"reason": repr(app.crash_reason)[:500]}
+        if app.checkpoint.failed is not None:
+            return "crashed", {"reason": str(app.checkpoint.failed)[:500]}
+        task = self.batcher._task if self.batcher is not None else None
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            return "crashed", {"reason": repr(task.exception())[:500]}
+        stuck = self.liveness.stuck()
+        if stuck:
+            return "stuck", {"running_s": stuck}
+        return "ok", {}
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         app = self.app
@@ -543,7 +425,8 @@ class GenrecWorker:
 
     def _pages(self) -> None:
         def health() -> tuple[int, dict[str, Any]]:
-            return 200, {"status": "ok", "worker": self.settings.worker_id}
+            status, detail = self.health()
+            return (200 if status == "ok" else 503), {"status": status, "worker": self.settings.worker_id, **detail}
 
         def ready() -> tuple[int, dict[str, Any]]:
             ok, state = self.ready()

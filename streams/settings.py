@@ -123,6 +123,10 @@ class StreamSettings(BaseSettings):
     # Requests received but not yet inferred; beyond this the infer agent stops pulling (backpressure).
     max_pending: int = Field(default=1024, ge=1)
     inference_timeout_s: float = Field(default=60.0, gt=0)
+    # A record (an event, or a request's inference) that fails this many times is dead-lettered as `poison`.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    # /health answers 503 when a piece of work (an event, an inference batch) runs longer than this.
+    health_stuck_s: float = Field(default=180.0, gt=0)
     torch_threads: int | None = Field(default=None, ge=1)
     # The model runs in a child process with a GIL of its own (streams/inference_process.py); off: on a
     # thread of the worker process, where every torch op waits for the GIL whenever the event loop holds it.

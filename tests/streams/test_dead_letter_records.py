@@ -31,20 +31,30 @@ class _FailingRunner:
         return [RuntimeError("the model broke on this one") for _ in batch], 0.01
 
 
+class _Store(dict):
+    def set(self, key: bytes, value: bytes) -> None:
+        self[key] = value
+
+
 @pytest.fixture
 def worker(tmp_path: Path) -> Any:
-    from streams.app import GenrecWorker
+    # The handlers (streams/handlers.py) decide what is dead-lettered; they need no broker.
+    from streams.handlers import IngestHandler, RequestHandler
+    from streams.metrics import WorkerMetrics
 
-    w = GenrecWorker(StreamSettings(bootstrap="127.0.0.1:1", state_dir=tmp_path, web_enabled=False))
-    w.output = _Output()  # type: ignore[assignment]
-    return w
+    s = StreamSettings(bootstrap="127.0.0.1:1", state_dir=tmp_path, web_enabled=False)
+    out, metrics = _Output(), WorkerMetrics()
+    return SimpleNamespace(settings=s, output=out, ingest=IngestHandler(s, _Store(), out, metrics),
+                           requests=RequestHandler(s, _Store(), out, metrics))
 
 
 async def test_a_rejected_record_is_dead_lettered_whole(worker: Any) -> None:
+    from streams.handlers import Record
+
     raw = b'{"event_id": "e", "user_id": "u", "ts": "soon", "type": "click", "item_id": "1"}  '
     msg = SimpleNamespace(topic=worker.settings.events_topic, partition=2, offset=17, key=b"u", value=raw,
                           headers=[("trace-id", b"abc"), (REDRIVE_HEADER, b"1")], timestamp=1_700_000_000.5)
-    await (await worker._dead_letter(msg, _decode_error(raw)))
+    assert await worker.ingest.handle(Record.from_message(msg)) == "dead_letter"
     [(topic, key, value)] = worker.output.sent
     d = decode(DeadLetter, value)
     assert (topic, key) == (worker.settings.deadletter_topic, b"u")
@@ -53,21 +63,16 @@ async def test_a_rejected_record_is_dead_lettered_whole(worker: Any) -> None:
 
 
 async def test_a_request_the_model_failed_on_is_dead_lettered_with_its_original_bytes(worker: Any) -> None:
-    from streams.app import _Pending
+    from streams.handlers import Record
 
     raw = b'{"request_id": "r", "user_id": "u", "ts": 1700000000000, "k": 3, "extra": true}'
-    acked: list[bool] = []
-
-    async def ack() -> None:
-        acked.append(True)
-
-    worker.model.runner = _FailingRunner()
-    p = _Pending(decode(RecRequest, raw), "request", None, 1_700_000_000_000, b"u", 4, 9, ack, value=raw,
-                 headers=[(REDRIVE_HEADER, b"1")])
-    await worker._serve([p])
+    rec = Record(worker.settings.requests_topic, 4, 9, b"u", raw, 1_700_000_000_000, [(REDRIVE_HEADER, b"1")])
+    p = await worker.requests.accept(rec)
+    assert p is not None and p.request == decode(RecRequest, raw)
+    await worker.requests.serve([p], _FailingRunner())
     [(topic, key, value)] = worker.output.sent
     d = decode(DeadLetter, value)
-    assert (topic, key) == (worker.settings.deadletter_topic, b"u") and acked == [True]
+    assert (topic, key) == (worker.settings.deadletter_topic, b"u")
     assert d.record() == (b"u", raw, [(REDRIVE_HEADER, b"1")])
     assert (d.reason, d.redrives, d.timestamp_ms, d.source_topic) == (
         "inference", 1, 1_700_000_000_000, worker.settings.requests_topic)
