@@ -32,8 +32,11 @@ import typer
 BASE_JOBS = ("joint", "pipeline")
 # Ablations of the unified model (name → train overrides, model overrides), each compared with `joint` seed by seed.
 ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "no_enhancer": ({"enhancer": {"enabled": False}}, {}),
+    # The ranking-driven enhancer (off in the presets: a tie on ML-100K, model/config.py EnhancerConfig).
+    "enhancer": ({"enhancer": {"enabled": True}}, {}),
+    # Static loss weights instead of the adaptive weighter, without and with the enhancer.
     "static_weights": ({"weighter": {"mode": "static"}}, {}),
+    "enhancer_static_weights": ({"enhancer": {"enabled": True}, "weighter": {"mode": "static"}}, {}),
     "no_time_rope": ({}, {"time_rope": False}),
     # The ranker without its own inputs: no retrieval score β·s(u, i), no per-item bias.
     "plain_ranker": ({}, {"rank_retrieval_feature": False, "rank_item_bias": False}),
@@ -45,6 +48,8 @@ INCLUDE_SEEN = ("served_hr@10", "served_ndcg@10", "hr@10", "ndcg@10")
 # Paired comparisons: joint minus each of these rows, on these metrics (where both rows have them).
 PAIRED = {"two_model": ("served_ndcg@10", "gauc"), "retrieval_only": ("served_ndcg@10",),
           "ranking_only": ("gauc",)}
+# Other pairs (a, b) compared on served NDCG@10: the weighter with the enhancer on.
+PAIRED_OTHER = (("enhancer", "enhancer_static_weights"),)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +81,8 @@ def serving_latency(rec: Any, ds: Any, batch_sizes: tuple[int, ...] = (1, 64), r
 
 def _test_row(test: dict[str, float], incl: dict[str, float] | None, res: Any, t0: float) -> dict[str, Any]:
     row: dict[str, Any] = {k: round(v, 5) for k, v in test.items() if k in METRICS}
+    if not res.model.cfg.ranking_trained:  # an untrained ranking head's AUC means nothing
+        row = {k: v for k, v in row.items() if k not in ("auc", "gauc")}
     if incl is not None:
         row.update({f"incl_{k}": round(incl[k], 5) for k in INCLUDE_SEEN if k in incl})
     row.update(best_epoch=res.best_epoch, epochs_run=res.epochs_run, train_seconds=round(res.train_seconds, 1),
@@ -166,15 +173,17 @@ def aggregate(dataset: str, per_seed: dict[int, dict[str, dict[str, Any]]], popu
         out_rows["popular"] = {k: {"mean": round(v, 5), "std": 0.0, "values": [round(v, 5)]} for k, v in
                                popular.items()}
     paired: dict[str, Any] = {}
-    baselines = {**PAIRED, **{a: ("served_ndcg@10",) for a in ABLATIONS}}
-    for other, metrics in baselines.items():
-        both = [s for s in seeds if "joint" in per_seed[s] and other in per_seed[s]]
+    pairs = [("joint", other, metrics) for other, metrics in
+             {**PAIRED, **{a: ("served_ndcg@10",) for a in ABLATIONS}}.items()]
+    pairs += [(a, b, ("served_ndcg@10",)) for a, b in PAIRED_OTHER]
+    for first, other, metrics in pairs:
+        both = [s for s in seeds if first in per_seed[s] and other in per_seed[s]]
         for metric in metrics:
-            if not both or not all(metric in per_seed[s]["joint"] and metric in per_seed[s][other] for s in both):
+            if not both or not all(metric in per_seed[s][first] and metric in per_seed[s][other] for s in both):
                 continue
-            key = f"joint-{other}" if metric == metrics[0] else f"joint-{other}:{metric}"
+            key = f"{first}-{other}" if metric == metrics[0] else f"{first}-{other}:{metric}"
             paired[key] = {"metric": metric, "seeds": both,
-                           **paired_interval([per_seed[s]["joint"][metric] for s in both],
+                           **paired_interval([per_seed[s][first][metric] for s in both],
                                              [per_seed[s][other][metric] for s in both])}
     return {"dataset": dataset, "seeds": seeds, "rows": out_rows, "paired": paired}
 

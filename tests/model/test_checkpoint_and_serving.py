@@ -160,3 +160,34 @@ def test_evaluation_leaves_seen_items_out_of_each_users_ranking(trained: tuple[S
         above_seen = int((scores[row, seen] > scores[row, tgt[row]]).sum())
         assert excl[row] == incl[row] - above_seen
     assert (excl < incl).any()
+
+
+def test_evaluation_measures_the_order_the_worker_serves(tmp_path: Path) -> None:
+    """`genrec eval`'s served_* figures and the worker's lists come from one function (model.serving.served_order):
+    for each user the target's position in Recommender.recommend's list is its served position in score_split."""
+    import model.evaluate
+    import model.serving
+    from model.data import eval_users, split_lengths
+
+    assert model.evaluate.served_order is model.serving.served_order
+    ds = synthetic_dataset(n_users=80, n_items=60, events_per_user=25, seed=4)
+    mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=25, rank_task="next",
+                            rank_retrieval_feature=True, rank_item_bias=True)
+    res = fit(ds, mcfg, TrainConfig(epochs=2, batch_size=32, negatives="full",
+                                    candidates={"k_prime": 30, "sampled": 12}), progress=False)
+    assert res.model.cfg.serving_order in ("joint", "ranking", "retrieval")
+    path = save_checkpoint(tmp_path / "m", res.model, ds.item_ids, dataset=ds.name)
+    lengths = split_lengths(ds, "test")
+    # users whose target is not in their own history (evaluation keeps a seen target in; serving drops it)
+    users = np.array([u for u in eval_users(ds) if ds.items[u][lengths[u]] not in ds.items[u][: lengths[u]]])[:40]
+    for order in ("joint", "ranking", "retrieval"):
+        rec = Recommender.from_checkpoint(path, device="cpu", k_prime=30, order=order)
+        served = score_split(rec.model, ds, "test", users=users, orders=(order,), k_prime=30)[f"served_{order}"]
+        hists = [rec.history_from_raw([ds.item_ids[i - 1] for i in ds.items[u][: lengths[u]]],
+                                      ds.actions[u][: lengths[u]], ds.ts[u][: lengths[u]] * 1000) for u in users]
+        lists = rec.recommend(hists, k=30, now_ms=[int(ds.ts[u][lengths[u]]) * 1000 for u in users])
+        for row, u in enumerate(users):
+            target = ds.item_ids[ds.items[u][lengths[u]] - 1]
+            ids = [r.item_id for r in lists[row]]
+            assert (ids.index(target) if target in ids else np.inf) == served[row], (order, u)
+        assert np.isfinite(served).any()

@@ -68,7 +68,7 @@ def test_full_softmax_joint_training_with_candidates_and_the_enhancer_learns() -
     torch.manual_seed(0)
     trainer = Trainer(GenerativeRecommender(mcfg), TrainConfig(
         negatives="full", lr=1e-2, candidates=CandidateConfig(k_prime=10, top=4, sampled=4),
-        enhancer=EnhancerConfig(warmup_steps=0, weight=0.5)))
+        enhancer=EnhancerConfig(enabled=True, warmup_steps=0, weight=0.5)))
     users, lengths = eval_users(ds), split_lengths(ds, "train")
     rng = np.random.default_rng(0)
     first: dict[str, float] = {}
