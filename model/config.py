@@ -168,6 +168,9 @@ class TrainConfig(_Config):
     eval_batch_size: int = Field(default=256, ge=1)
     # Validation and test leave each user's seen items out of the full ranking (SASRec's and HSTU's protocol).
     eval_exclude_seen: bool = True
+    # Frozen item-text features beside the ID embeddings (SynerGen) for recommendation: the item's metadata encoded
+    # once by this encoder ("none": ID embeddings only). Search training brings its own (search.item_text).
+    item_text: Literal["none", "minilm", "hashed"] = "none"
     candidates: CandidateConfig = CandidateConfig()
     enhancer: EnhancerConfig = EnhancerConfig()
     weighter: WeighterConfig = WeighterConfig()

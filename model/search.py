@@ -120,3 +120,18 @@ def search_data_for(ds: SequenceDataset, data_dir: Path | str | None, encoder_na
     meta = load_item_meta(ds, data_dir)
     encoder = make_text_encoder(encoder_name)  # type: ignore[arg-type]
     return build_search_data(ds, meta, encoder, share, noise, seed, cache_dir)
+
+
+def item_text_vectors(ds: SequenceDataset, data_dir: Path | str | None, encoder_name: str,
+                      cache_dir: Path | None = None) -> np.ndarray:
+    """Frozen text embeddings of every item's metadata (title, genres, categories) [N+1, dim], row 0 zero: the
+    semantic item features SynerGen puts beside the ID embeddings, for recommendation without search."""
+    from model.data import load_item_meta
+    from model.text import embed_item_texts, make_text_encoder
+
+    meta = load_item_meta(ds, data_dir)
+    if not meta:
+        raise ValueError(f"{ds.name}: no item metadata to embed")
+    encoder = make_text_encoder(encoder_name)  # type: ignore[arg-type]
+    vecs = embed_item_texts([item_text(meta.get(raw, ItemMeta())) for raw in ds.item_ids], encoder, cache_dir)
+    return np.concatenate([np.zeros((1, encoder.dim), np.float32), vecs])

@@ -474,16 +474,20 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
 
 def fit_and_test(ds: SequenceDataset, tcfg: TrainConfig, progress: bool = True, search: SearchData | None = None,
                  on_best: Callable[[GenerativeRecommender, dict[str, float]], None] | None = None,
-                 retriever: GenerativeRecommender | None = None,
+                 retriever: GenerativeRecommender | None = None, item_text_vecs: np.ndarray | None = None,
                  **model_overrides: object) -> tuple[FitResult, dict[str, float]]:
     """Train with early stopping, then evaluate the best model on the test targets.
 
     With `search` and `tcfg.search.enabled`, the model gets query tokens and item text features and trains on
     the generated queries; with `search` alone (search disabled), it is evaluated on the search targets as a
-    recommendation-only model.
+    recommendation-only model. item_text_vecs [N+1, dim] (`item_text_vectors`, for TrainConfig.item_text): frozen
+    item-text features beside the ID embeddings.
     """
     overrides = dict(model_overrides)
     item_text = None
+    if item_text_vecs is not None and not tcfg.search.enabled:  # TrainConfig.item_text, encoded by the caller
+        overrides["text_dim"] = item_text_vecs.shape[1]
+        item_text = item_text_vecs
     if tcfg.search.enabled:
         if search is None:
             raise ValueError("search training needs SearchData (see model.search.build_search_data)")

@@ -40,6 +40,8 @@ ABLATIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no_time_rope": ({}, {"time_rope": False}),
     # The ranker without its own inputs: no retrieval score β·s(u, i), no per-item bias.
     "plain_ranker": ({}, {"rank_retrieval_feature": False, "rank_item_bias": False}),
+    # Frozen MiniLM item-text features beside the ID embeddings (SynerGen).
+    "item_text": ({"item_text": "minilm"}, {}),
 }
 METRICS = ("served_hr@10", "served_ndcg@10", "served_hr@50", "served_ndcg@50", "served_mrr",
            "hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr", "auc", "gauc",
@@ -112,7 +114,13 @@ def run_job(dataset: str, data_dir: Path | None, job: str, seed: int, run_cfg: d
         tcfg = TrainConfig(**_merge(base_train, t_over))
         typer.echo(f"[bench quality] {ds.name}: training {name} (seed {seed}) …", err=True)
         t0 = time.perf_counter()
-        res, test = fit_and_test(ds, tcfg, progress=progress, retriever=retriever, **{**model_over, **m_over})
+        text = None
+        if tcfg.item_text != "none":
+            from model.search import item_text_vectors
+
+            text = item_text_vectors(ds, data_dir, tcfg.item_text)
+        res, test = fit_and_test(ds, tcfg, progress=progress, retriever=retriever, item_text_vecs=text,
+                                 **{**model_over, **m_over})
         incl = validate(res.model, ds, tcfg.model_copy(update={"eval_exclude_seen": False}), None, retriever, "test")
         typer.echo(f"[bench quality] {name} seed {seed}: served NDCG@10 {test.get('served_ndcg@10', 0):.4f}", err=True)
         return res, test, incl, t0

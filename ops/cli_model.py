@@ -91,6 +91,11 @@ def train(
         sc = run.train.search
         search_data = search_data_for(ds, data_dir, sc.encoder, sc.share, sc.noise, sc.seed, cache_dir=out)
         popularity["text_encoder"] = sc.encoder
+    text_vecs = None
+    if run.train.item_text != "none" and not run.train.search.enabled:
+        from model.search import item_text_vectors
+
+        text_vecs = item_text_vectors(ds, data_dir, run.train.item_text, cache_dir=out)
 
     def save_best(model: Any, row: dict[str, Any]) -> None:
         # A checkpoint after every validation improvement: a long run can be stopped at any time.
@@ -99,7 +104,7 @@ def train(
                                  "epoch": row["epoch"], "partial": True}, extra_meta=popularity)
 
     result, test = fit_and_test(ds, run.train, progress=progress, search=search_data, on_best=save_best,
-                                **model_over)
+                                item_text_vecs=text_vecs, **model_over)
     metrics = {"test": test, "valid": result.best_valid, "best_epoch": result.best_epoch,
                "epochs_run": result.epochs_run, "train_seconds": result.train_seconds,
                "train_tokens_per_s": result.tokens_per_s, "history": result.history}

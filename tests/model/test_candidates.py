@@ -98,3 +98,26 @@ def test_paired_interval_excludes_zero_only_for_a_consistent_difference() -> Non
     out = paired_interval(list(d), [0.0] * 4)
     half = 3.1824463 * d.std(ddof=1) / 2
     assert out["ci95"][1] - out["mean_diff"] == pytest.approx(half, abs=1e-5)
+
+
+def test_item_text_features_join_the_id_embeddings_for_recommendation() -> None:
+    """TrainConfig.item_text: frozen item-text vectors become a buffer of the model (self-contained checkpoints) and
+    move the item representation; the hashed encoder keeps the test light."""
+    from model.config import TrainConfig
+    from model.data import synthetic_dataset
+    from model.search import item_text_vectors
+    from model.train import fit_and_test
+
+    ds = synthetic_dataset(n_users=40, n_items=30, events_per_user=12, seed=2)
+    vecs = item_text_vectors(ds, None, "hashed")
+    assert vecs.shape[0] == ds.num_items + 1 and not vecs[0].any() and np.abs(vecs[1:]).sum(1).min() > 0
+    tcfg = TrainConfig(epochs=1, batch_size=16, negatives="full", item_text="hashed")
+    res, test = fit_and_test(ds, tcfg, progress=False, item_text_vecs=vecs, d_model=16, n_layers=1, n_heads=2,
+                             max_events=12)
+    model = res.model
+    assert model.cfg.text_dim == vecs.shape[1] and model.text_proj is not None
+    assert torch.equal(model.item_text.cpu(), torch.as_tensor(vecs))
+    with torch.no_grad():
+        ids = torch.arange(1, 5)
+        assert not torch.allclose(model.item_vectors(ids), model.item_emb(ids))
+    assert np.isfinite(test["served_ndcg@10"])
