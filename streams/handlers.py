@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 
 from model.tokens import action_from_event
 from schemas.messages import (
@@ -125,6 +126,13 @@ def header(headers: Any, name: str) -> bytes | None:
     return None
 
 
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a key: murmur2, as the Java client, aiokafka, kafka-python
+    and Faust compute it (librdkafka clients, confluent-kafka among them, only with `partitioner=murmur2_random`;
+    their default hashes with CRC32). A user's events, requests and history are co-partitioned by it."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 class PoisonError(RuntimeError):
     """A record that failed `max_attempts` times: dead-lettered with reason `poison`."""
 
@@ -154,9 +162,24 @@ class _Handler:
         reason, text = rejection(error, rec.value)
         await (await self.dead_letter(rec, reason, text))
 
-    async def forward(self, rec: Record, key: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Re-publish the record under the user id (co-partitioning), confirmed before the source is acked."""
-        await (await self.output.send(rec.topic, key, rec.value or b"", rec.timestamp_ms, headers))
+    def partition_of(self, key: bytes) -> int:
+        return partition_for(key, self.settings.partitions)
+
+    def misrouted(self, rec: Record, key: bytes) -> str | None:
+        """Why the record cannot be processed where it is: "rekeyed" (its key is not the user id) or "rerouted"
+        (it sits on a partition other than its key's), else None. Either way it is re-published, keyed by the
+        user id, to the partition that holds the user's history and serves the user's requests."""
+        if rec.key != key:
+            return "rekeyed"
+        if rec.partition != self.partition_of(key):
+            return "rerouted"
+        return None
+
+    async def forward(self, rec: Record, key: bytes) -> None:
+        """Re-publish the record under the user id on its key's partition, confirmed before the source is acked."""
+        await (await self.output.send(rec.topic, key, rec.value or b"", rec.timestamp_ms, rec.headers,
+                                      self.partition_of(key)))
+        self.metrics.rerouted.labels(topic=rec.topic).inc()
 
 
 # ------------------------------------------------------------------------------------------------ ingest
@@ -172,7 +195,7 @@ class IngestHandler(_Handler):
         self.codec = codec or history_codec.HistoryCodec(settings.history_len, settings.dedup_ids)
         # Label lookups cost a dict walk and a lock per event on the hot path: resolve them once.
         self._n = {o: metrics.events.labels(outcome=o)
-                   for o in ("appended", "duplicate", "query", "rekeyed", "dead_letter")}
+                   for o in ("appended", "duplicate", "query", "rekeyed", "rerouted", "dead_letter")}
 
     async def handle(self, rec: Record) -> str:
         """Process one event; returns its outcome (a metrics label)."""
@@ -189,11 +212,12 @@ class IngestHandler(_Handler):
             await self.reject(rec, exc)
             return "dead_letter"
         key = ev.user_id.encode("utf-8")
-        if rec.key != key:
-            # Co-partitioning needs the user id as key: re-publish under it instead of writing state
-            # into a partition whose requests are served elsewhere.
+        moved = self.misrouted(rec, key)
+        if moved is not None:
+            # Co-partitioning needs the user id as key, on its murmur2 partition: re-publish it there instead
+            # of writing state into a partition whose requests are served elsewhere.
             await self.forward(rec, key)
-            return "rekeyed"
+            return moved
         current = self.store.get(key)
         try:
             if ev.type is EventType.QUERY:
@@ -224,7 +248,7 @@ class IngestHandler(_Handler):
             # Confirmed before the event id is recorded: a crash in between re-forwards (a duplicate
             # result with the same request_id), never drops the search.
             await (await self.output.send(s.requests_topic, key, encode(req), rec.timestamp_ms,
-                                          [(SOURCE_HEADER, b"query")]))
+                                          [(SOURCE_HEADER, b"query")], self.partition_of(key)))
         return self.codec.append(current, event_id=ev.event_id, item_id=None, action=0, ts_ms=ev.ts)
 
 
@@ -267,7 +291,7 @@ class RequestHandler(_Handler):
             await self.reject(rec, exc)
             return None
         key = req.user_id.encode("utf-8")
-        if rec.key != key:
+        if self.misrouted(rec, key) is not None:
             await self.forward(rec, key)
             return None
         source = "query" if header(rec.headers, SOURCE_HEADER) == b"query" else "request"

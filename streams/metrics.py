@@ -62,6 +62,12 @@ class WorkerMetrics:
         self.requests = Counter("genrec_requests", "Requests received, by source", ["source"], registry=r)
         self.results = Counter("genrec_results", "Results sent", registry=r)
         self.dead_letters = Counter("genrec_dead_letters", "Dead letters sent", ["source_topic"], registry=r)
+        self.rerouted = Counter(
+            "genrec_rerouted",
+            "Records re-published under the user id to its murmur2 partition (wrong key or partition)",
+            ["topic"],
+            registry=r,
+        )
         # Reasons are schemas.REJECT_REASONS plus "inference": a closed set, so the label stays bounded.
         self.rejected = Counter(
             "genrec_rejected",

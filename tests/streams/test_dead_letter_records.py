@@ -66,7 +66,10 @@ async def test_a_request_the_model_failed_on_is_dead_lettered_with_its_original_
     from streams.handlers import Record
 
     raw = b'{"request_id": "r", "user_id": "u", "ts": 1700000000000, "k": 3, "extra": true}'
-    rec = Record(worker.settings.requests_topic, 4, 9, b"u", raw, 1_700_000_000_000, [(REDRIVE_HEADER, b"1")])
+    from streams.handlers import partition_for
+
+    part = partition_for(b"u", worker.settings.partitions)  # on its key's partition, or it is re-published
+    rec = Record(worker.settings.requests_topic, part, 9, b"u", raw, 1_700_000_000_000, [(REDRIVE_HEADER, b"1")])
     p = await worker.requests.accept(rec)
     assert p is not None and p.request == decode(RecRequest, raw)
     await worker.requests.serve([p], _FailingRunner())

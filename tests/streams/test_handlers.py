@@ -28,6 +28,7 @@ from streams.handlers import (
     Record,
     RequestHandler,
     dead_letter_poison,
+    partition_for,
 )
 from streams.inference_errors import InferenceCrashed, InferenceTimeout
 from streams.metrics import WorkerMetrics
@@ -94,12 +95,14 @@ def settings(tmp_path: Path) -> StreamSettings:
 def _event_record(s: StreamSettings, user: str, event_id: str, item: str | None = "7", *, key: str | None = None,
                   offset: int = 0, type_: str = "click", query: str | None = None) -> Record:
     ev = Event(event_id=event_id, user_id=user, ts=NOW + offset, type=type_, item_id=item, query=query)
-    return Record(s.events_topic, 0, offset, (key or user).encode(), encode(ev), NOW + offset)
+    k = (key or user).encode()
+    return Record(s.events_topic, partition_for(k, s.partitions), offset, k, encode(ev), NOW + offset)
 
 
 def _request_record(s: StreamSettings, user: str, rid: str, *, key: str | None = None, offset: int = 0) -> Record:
     req = RecRequest(request_id=rid, user_id=user, ts=NOW, k=3)
-    return Record(s.requests_topic, 0, offset, (key or user).encode(), encode(req), NOW)
+    k = (key or user).encode()
+    return Record(s.requests_topic, partition_for(k, s.partitions), offset, k, encode(req), NOW)
 
 
 # ------------------------------------------------------------------------------------------------ ingest
@@ -114,12 +117,42 @@ async def test_ingest_appends_once_and_forwards_a_wrong_key(settings: StreamSett
     assert await h.handle(_event_record(settings, "u2", "e2", key="other")) == "rekeyed"
     [fwd] = out.on(settings.events_topic)
     assert fwd["key"] == b"u2" and b"u2" not in store  # state is written only where u2's requests are served
+    assert fwd["partition"] == partition_for(b"u2", settings.partitions)
+
+
+def test_partition_for_is_kafkas_default_partitioner() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    for key in (b"u1", b"user-42", "ü".encode(), b""):
+        for n in (1, 3, 6, 7):
+            assert partition_for(key, n) == DefaultPartitioner()(key, list(range(n)), list(range(n)))
+
+
+async def test_a_record_on_another_partition_than_its_keys_is_rerouted_first(settings: StreamSettings) -> None:
+    """A producer with another partitioner (librdkafka's default: CRC32) puts a user's events where that user's
+    requests are not served: the record is re-published, same key and headers, to its murmur2 partition."""
+    store, out = Store(), Output()
+    ingest = IngestHandler(settings, store, out, WorkerMetrics())
+    requests = RequestHandler(settings, store, out, WorkerMetrics())
+    right = partition_for(b"u9", settings.partitions)
+    wrong = (right + 1) % settings.partitions
+    ev = _event_record(settings, "u9", "e1")
+    moved = Record(ev.topic, wrong, 3, ev.key, ev.value, ev.timestamp_ms, [("trace", b"t1")])
+    assert await ingest.handle(moved) == "rerouted"
+    assert not store  # nothing written on the wrong partition
+    [fwd] = out.on(settings.events_topic)
+    assert (fwd["key"], fwd["partition"], fwd["value"], fwd["headers"]) == (b"u9", right, ev.value, [("trace", b"t1")])
+    assert await ingest.handle(Record(ev.topic, right, 4, ev.key, ev.value, ev.timestamp_ms)) == "appended"
+    rq = _request_record(settings, "u9", "r1")
+    assert await requests.accept(Record(rq.topic, wrong, 5, rq.key, rq.value, rq.timestamp_ms)) is None
+    assert out.on(settings.requests_topic)[0]["partition"] == right
+    assert (await requests.accept(rq)).history == store[b"u9"]  # type: ignore[union-attr]
 
 
 async def test_ingest_dead_letters_bad_input_and_serves_a_query_as_a_search(settings: StreamSettings) -> None:
     store, out = Store(), Output()
     h = IngestHandler(settings, store, out, WorkerMetrics())
-    bad = Record(settings.events_topic, 1, 5, b"u", b"not json", NOW)
+    bad = Record(settings.events_topic, 1, 5, b"u", b"not json", NOW)  # rejected wherever it sits
     assert await h.handle(bad) == "dead_letter"
     dl = decode(DeadLetter, out.on(settings.deadletter_topic)[0]["value"])
     assert (dl.reason, dl.offset) == ("not_json", 5)
