@@ -159,7 +159,8 @@ class ModelHolder(Service):
 
             ckpt_path = s.checkpoint
             runner: InferenceRunner = await loop.run_in_executor(
-                None, lambda: ProcessInferenceRunner(ckpt_path, torch_threads=s.torch_threads)
+                None, lambda: ProcessInferenceRunner(ckpt_path, torch_threads=s.torch_threads,
+                                                     call_timeout_s=s.inference_timeout_s)
             )
         else:
             runner = InferenceRunner(await loop.run_in_executor(None, loader), torch_threads=s.torch_threads)

@@ -20,11 +20,13 @@ import multiprocessing as mp
 import signal
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streams.inference_errors import InferenceCrashed, InferenceError, InferenceTimeout
 from streams.serving import (
     BatchItem,
     InferenceInput,
@@ -46,8 +48,9 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
-class InferenceProcessError(RuntimeError):
-    """The child process is gone or broke the protocol: the worker must restart, not dead-letter requests."""
+# The child hung (InferenceTimeout) or died or broke the protocol (InferenceCrashed): the runner has killed it and
+# started a new one by the time the caller sees either. The old name stays for the crash case.
+InferenceProcessError = InferenceCrashed
 
 
 class ChildError(RuntimeError):
@@ -195,29 +198,51 @@ class ProcessInferenceRunner(InferenceRunner):
     """`InferenceRunner` whose model lives in a spawned child process (see the module docstring)."""
 
     def __init__(self, checkpoint: Path | str, *, expected_sha256: str | None = None,
-                 torch_threads: int | None = None, start_timeout_s: float = 300.0) -> None:
-        ctx = mp.get_context("spawn")  # never fork a process that runs an event loop and torch threads
-        self._conn, child_conn = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(
-            target=_child_main,
-            args=(child_conn, torch_threads or default_torch_threads()),
-            name="genrec-infer",
-            daemon=True,
-        )
-        self._proc.start()
-        child_conn.close()
+                 torch_threads: int | None = None, start_timeout_s: float = 300.0,
+                 call_timeout_s: float = 60.0) -> None:
+        self._torch_threads_child = torch_threads or default_torch_threads()
         self._lock = threading.Lock()  # one command on the pipe at a time (batches and swaps)
         self._start_timeout_s = start_timeout_s
-        try:
-            reply = self._call({"op": "load", "path": str(checkpoint), "sha256": expected_sha256},
-                               timeout_s=start_timeout_s)
-        except BaseException:
-            self._stop_child()
-            raise
+        # A batch the child has not answered in this long is given up: the child is killed and restarted.
+        self.call_timeout_s = call_timeout_s
+        self.restarts = 0
+        # What a restarted child loads: the version serving now (updated by each swap).
+        self._path, self._sha = str(checkpoint), expected_sha256
+        reply = self._start_child()
         self._version: str = reply["version"]
         self.max_events: int = int(reply["max_events"])
         self.last_version = self._version
         super().__init__(_VersionOnly(self._version, self.max_events), torch_threads=torch_threads)
+
+    def _start_child(self) -> dict[str, Any]:
+        """Spawn a child and have it load the serving version; on any failure the child is stopped."""
+        ctx = mp.get_context("spawn")  # never fork a process that runs an event loop and torch threads
+        self._conn, child_conn = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_child_main, args=(child_conn, self._torch_threads_child),
+                                 name="genrec-infer", daemon=True)
+        self._proc.start()
+        child_conn.close()
+        try:
+            return self._call({"op": "load", "path": self._path, "sha256": self._sha},
+                              timeout_s=self._start_timeout_s)
+        except BaseException:
+            self._stop_child()
+            raise
+
+    def _restart(self, why: str) -> None:
+        """Kill the child (hung or dead) and start a new one on the serving version; runs on the inference
+        thread, so no batch or swap is in flight. A restart that fails leaves no child: the next call tries
+        again (and a worker whose model cannot be loaded any more keeps failing its calls, never hangs)."""
+        log.error("inference process %s %s; restarting it", self._proc.pid, why)
+        self._stop_child(graceful=False)
+        self.restarts += 1
+        try:
+            reply = self._start_child()
+        except Exception as exc:  # still the model's loss, not the requests' fault
+            raise InferenceCrashed(f"inference process could not be restarted: {type(exc).__name__}: {exc}") from exc
+        if reply["version"] != self._version:  # the files under the serving version's path changed
+            raise InferenceCrashed(f"restarted inference process loaded {reply['version']}, not {self._version}")
+        log.info("inference process restarted (%s), serving %s", self._proc.pid, self._version)
 
     # The parent's inference thread only waits on the pipe: no torch work happens in this process.
     def _init_thread(self) -> None:
@@ -232,27 +257,27 @@ class ProcessInferenceRunner(InferenceRunner):
         return self._proc.pid
 
     def _exchange(self, op: str, payload: bytes, timeout_s: float | None = None) -> bytes:
-        """One command on the pipe and its raw answer; InferenceProcessError if the child is gone or silent."""
+        """One command on the pipe and its raw answer. InferenceCrashed if the child is gone or the pipe broke,
+        InferenceTimeout if it gave no answer within `timeout_s` (then it is killed: its late answer would be
+        read as the next command's)."""
         with self._lock:
             if not self._proc.is_alive():
-                raise InferenceProcessError(f"inference process exited with status {self._proc.exitcode}")
+                raise InferenceCrashed(f"inference process exited with status {self._proc.exitcode}")
             try:
                 self._conn.send_bytes(payload)
                 # Poll in slices so that a child that dies mid-batch is noticed, not waited on forever.
-                waited = 0.0
-                while not self._conn.poll(0.5):
-                    waited += 0.5
+                t0 = time.monotonic()
+                while not self._conn.poll(min(0.5, timeout_s) if timeout_s is not None else 0.5):
                     if not self._proc.is_alive():
-                        raise InferenceProcessError(
+                        raise InferenceCrashed(
                             f"inference process exited with status {self._proc.exitcode} during {op}")
-                    if timeout_s is not None and waited >= timeout_s:
-                        # Its late answer would be read as the next command's: the child is done for.
+                    if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
                         self._proc.kill()
-                        raise InferenceProcessError(f"inference process gave no answer to {op} "
-                                                    f"in {timeout_s:.0f} s (killed)")
+                        raise InferenceTimeout(f"inference process gave no answer to {op} "
+                                               f"in {timeout_s:g} s (killed)")
                 return self._conn.recv_bytes(MAX_MESSAGE_BYTES)
             except (EOFError, OSError) as exc:
-                raise InferenceProcessError(f"inference process pipe failed: {exc!r}") from exc
+                raise InferenceCrashed(f"inference process pipe failed: {exc!r}") from exc
 
     @staticmethod
     def _reply(raw: bytes) -> dict[str, Any]:
@@ -260,7 +285,7 @@ class ProcessInferenceRunner(InferenceRunner):
         try:
             reply = json.loads(raw)
         except ValueError as exc:
-            raise InferenceProcessError(f"inference process broke the protocol: {exc!r}") from exc
+            raise InferenceCrashed(f"inference process broke the protocol: {exc!r}") from exc
         if not reply.get("ok"):
             text = str(reply.get("error", "unknown error"))[:2000]
             if reply.get("type") == "CheckpointError":
@@ -277,24 +302,33 @@ class ProcessInferenceRunner(InferenceRunner):
         return self._reply(self._exchange(str(msg.get("op")), json.dumps(msg).encode("utf-8"), timeout_s))
 
     def infer_sync(self, batch: Sequence[InferenceInput]) -> list[list[Recommendation]]:
-        raw = self._exchange("infer", encode_batch([x.item for x in batch]))
-        if raw[:1] != REPLY_TAG:
-            self._reply(raw)  # the child's error for this batch
-            raise InferenceProcessError("inference process answered a batch with neither lists nor an error")
+        """One batch in the child. A child that hangs past `call_timeout_s` or dies is killed and restarted
+        before InferenceTimeout / InferenceCrashed reaches the caller (which decides whose fault it was)."""
+        if not self._proc.is_alive():  # an earlier restart failed, or the child died between calls
+            self._restart(f"is gone (exit status {self._proc.exitcode})")
         try:
-            version, lists = decode_reply(raw)
-        except (ValueError, struct.error) as exc:
-            raise InferenceProcessError(f"inference process broke the protocol: {exc!r}") from exc
-        if len(lists) != len(batch):
-            raise InferenceProcessError(f"inference process returned {len(lists)} lists for {len(batch)} requests")
+            raw = self._exchange("infer", encode_batch([x.item for x in batch]), self.call_timeout_s)
+            if raw[:1] != REPLY_TAG:
+                self._reply(raw)  # the child's error for this batch
+                raise InferenceCrashed("inference process answered a batch with neither lists nor an error")
+            try:
+                version, lists = decode_reply(raw)
+            except (ValueError, struct.error) as exc:
+                raise InferenceCrashed(f"inference process broke the protocol: {exc!r}") from exc
+            if len(lists) != len(batch):
+                raise InferenceCrashed(f"inference process returned {len(lists)} lists for {len(batch)} requests")
+        except InferenceError as exc:
+            self._restart(f"failed a batch of {len(batch)} ({exc})")
+            raise
         self.last_version = version
         return lists
 
     async def infer(self, batch: Sequence[InferenceInput]) -> tuple[list[list[Any] | Exception], float]:
         outcomes, seconds = await super().infer(batch)
-        # A dead child is not the requests' fault: re-raise so the worker restarts and they are redelivered.
+        # A hung or dead child is no request's fault by itself: the whole call fails, and the caller narrows it
+        # down (streams/inference_errors.py).
         for o in outcomes:
-            if isinstance(o, InferenceProcessError):
+            if isinstance(o, InferenceError):
                 raise o
         return outcomes, seconds
 
@@ -308,7 +342,16 @@ class ProcessInferenceRunner(InferenceRunner):
         loop = asyncio.get_running_loop()
         old = self._version
         msg = {"op": "load", "path": str(path), "sha256": expected_sha256, "version": expected_version}
-        reply = await loop.run_in_executor(self._executor, lambda: self._call(msg, timeout_s=self._start_timeout_s))
+
+        def load() -> dict[str, Any]:
+            try:
+                return self._call(msg, timeout_s=self._start_timeout_s)
+            except InferenceError as exc:  # the child hung or died loading it: back to the serving version
+                self._restart(f"failed loading {path} ({exc})")
+                raise
+
+        reply = await loop.run_in_executor(self._executor, load)
+        self._path, self._sha = str(path), expected_sha256
         self._version = reply["version"]
         self.max_events = int(reply["max_events"])
         log.info("model %s → %s (inference process %s)", old, self._version, self._proc.pid)
@@ -318,13 +361,14 @@ class ProcessInferenceRunner(InferenceRunner):
         super().close()
         self._stop_child()
 
-    def _stop_child(self) -> None:
-        try:
-            with self._lock:
-                self._conn.send_bytes(b'{"op": "close"}')
-        except (OSError, ValueError):
-            pass
-        self._proc.join(10)
+    def _stop_child(self, graceful: bool = True) -> None:
+        if graceful:
+            try:
+                with self._lock:
+                    self._conn.send_bytes(b'{"op": "close"}')
+            except (OSError, ValueError):
+                pass
+            self._proc.join(10)
         if self._proc.is_alive():
             self._proc.kill()
             self._proc.join(5)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from model.tokens import History
 from schemas.messages import RecRequest
 from streams import history_codec
+from streams.inference_errors import InferenceError
 
 if TYPE_CHECKING:  # the one Recommendation type; model.serving imports torch, which the worker loads lazily
     from model.serving import Recommendation
@@ -227,6 +228,8 @@ class InferenceRunner:
             lists: list[list[Recommendation] | Exception] = list(
                 await loop.run_in_executor(self._executor, self.infer_sync, batch)
             )
+        except InferenceError:
+            raise  # the model was lost (and restarted) mid-call: the caller decides whose fault it was
         except Exception as exc:
             log.warning("batch of %d failed (%r); retrying one by one", len(batch), exc)
             lists = []

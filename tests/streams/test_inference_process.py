@@ -15,7 +15,8 @@ from model.checkpoint import WEIGHTS, CheckpointError
 from model.serving import Recommendation, Recommender
 from schemas.messages import RecRequest
 from streams import history_codec
-from streams.inference_process import InferenceProcessError, ProcessInferenceRunner
+from streams.inference_errors import InferenceCrashed, InferenceTimeout
+from streams.inference_process import ProcessInferenceRunner
 from streams.serving import InferenceInput, InferenceRunner, VersionMismatch
 
 TS = 1_700_000_000_000
@@ -92,7 +93,7 @@ async def test_a_swap_loads_the_model_once_in_the_child_never_in_the_worker(
         child.close()
 
 
-async def test_signals_to_the_child_are_ignored_and_its_death_restarts_the_worker(checkpoint: Path) -> None:
+async def test_signals_are_ignored_and_a_child_dead_between_calls_is_restarted(checkpoint: Path) -> None:
     rec = Recommender.from_checkpoint(checkpoint)
     inputs = _inputs(rec.item_ids)
     child = ProcessInferenceRunner(checkpoint, torch_threads=1)
@@ -106,14 +107,56 @@ async def test_signals_to_the_child_are_ignored_and_its_death_restarts_the_worke
         assert all(not isinstance(x, Exception) for x in ok)
         os.kill(pid, signal.SIGKILL)
         child._proc.join(10)
-        # Not one dead letter per request: the whole batch fails, so the worker crashes and is redelivered it.
-        with pytest.raises(InferenceProcessError, match="exited"):
-            await child.infer(inputs)
+        # Dead between two calls: the next call starts a new child first, and nobody's request fails.
+        again, _ = await child.infer(inputs)
+        assert _lists(again) == _lists(ok)
+        assert child.restarts == 1 and child.pid != pid
     finally:
         child.close()
 
 
+def _lists(outcomes: list) -> list[list[str]]:
+    assert not any(isinstance(o, Exception) for o in outcomes), outcomes
+    return [[r.item_id for r in out] for out in outcomes]
+
+
+@pytest.mark.parametrize("fault", ["hangs", "dies"])
+async def test_a_child_that_hangs_or_dies_mid_call_is_killed_restarted_and_named(checkpoint: Path,
+                                                                                   fault: str) -> None:
+    import asyncio
+
+    rec = Recommender.from_checkpoint(checkpoint)
+    inputs = _inputs(rec.item_ids)
+    child = ProcessInferenceRunner(checkpoint, torch_threads=1, call_timeout_s=1.5)
+    try:
+        before, _ = await child.infer(inputs)
+        pid = child.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # it cannot answer: a hang, as far as the worker can tell
+        if fault == "dies":
+            asyncio.get_running_loop().call_later(0.3, os.kill, pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(InferenceTimeout if fault == "hangs" else InferenceCrashed):
+            await child.infer(inputs)
+        took = time.monotonic() - t0
+        assert took < 60, took  # bounded by the call timeout (plus the restart), never forever
+        if fault == "hangs":
+            assert took >= 1.4, took  # given up at the call timeout, not before
+        # The old child is gone, a new one serves the same version with the same answers.
+        assert not _alive(pid) and child.pid != pid and child.restarts == 1
+        after, _ = await child.infer(inputs)
+        assert _lists(after) == _lists(before) and child.last_version == rec.version
+    finally:
+        child.close()
+
+
+def _alive(pid: int) -> bool:
+    from tests.conftest import process_alive
+
+    return process_alive(pid)
+
+
 def test_a_child_that_does_not_answer_in_time_is_killed_not_read_later(checkpoint: Path) -> None:
     # Importing torch alone takes the child longer than this: its late answer must never be taken for another's.
-    with pytest.raises(InferenceProcessError, match="killed"):
+    with pytest.raises(InferenceTimeout, match="killed"):
         ProcessInferenceRunner(checkpoint, torch_threads=1, start_timeout_s=0.01)
