@@ -137,6 +137,10 @@ class PoisonError(RuntimeError):
     """A record that failed `max_attempts` times: dead-lettered with reason `poison`."""
 
 
+class ModelLostError(RuntimeError):
+    """The model fails every request, a cold probe included: no request is to blame; the worker stops."""
+
+
 # ------------------------------------------------------------------------------------------------ shared
 
 
@@ -379,9 +383,25 @@ class RequestHandler(_Handler):
                 exc = o
                 continue
             return o
+        if not await self._serves_others(runner, p):
+            # The model fails a request that holds nothing at all as well: the model is lost (a checkpoint that
+            # cannot be loaded any more, a child that cannot restart), not this request. Dead-lettering would
+            # empty the topic into the dead letters; the worker stops instead and the request is redelivered.
+            raise ModelLostError(f"the model fails a cold probe too (last error: {type(exc).__name__}: {exc})")
         log.error("request %s failed %d inference calls (last: %s); dead-lettering it as poison",
                   p.request.request_id, p.attempts, exc)
         return PoisonError(f"{p.attempts} failed inference calls, the last: {type(exc).__name__}: {exc}")
+
+    async def _serves_others(self, runner: Runner, p: Pending) -> bool:
+        """Whether the model still serves a request other than `p`: a cold user without a query, at p's time."""
+        probe = RecRequest(request_id="genrec-poison-probe", user_id="genrec-poison-probe", ts=p.request.ts, k=1,
+                           exclude_seen=False)
+        try:
+            outcomes, _ = await asyncio.wait_for(runner.infer([InferenceInput(probe, None)]), self.call_timeout_s)
+        except InferenceError as exc:
+            log.error("the cold probe failed as well: %s", exc)
+            return False
+        return not isinstance(outcomes[0], Exception)
 
     async def _call(self, runner: Runner, batch: list[Pending]) -> list[Any]:
         outcomes, seconds = await asyncio.wait_for(

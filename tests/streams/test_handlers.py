@@ -25,6 +25,7 @@ from streams.handlers import (
     Attempts,
     IngestHandler,
     Liveness,
+    ModelLostError,
     Record,
     RequestHandler,
     dead_letter_poison,
@@ -201,6 +202,27 @@ async def test_a_request_that_crashes_or_hangs_the_model_is_dead_lettered_as_poi
     # The batch once, then each request alone; the marker three times in all (max_attempts), no more.
     assert sum("bad" in c for c in runner.calls) == settings.max_attempts
     assert runner.calls[0] == ["a", "bad", "c", "d"] and all(len(c) == 1 for c in runner.calls[1:])
+
+
+async def test_a_model_that_fails_everything_stops_the_worker_instead_of_dead_lettering_every_request(
+    settings: StreamSettings,
+) -> None:
+    """A lost model (its checkpoint gone, a child that cannot restart) fails every call: no request is to blame,
+    so after a request's last attempt a cold probe decides, and the failure goes up (the worker stops)."""
+    out = Output()
+    h = RequestHandler(settings, Store(), out, WorkerMetrics())
+    runner = SimpleNamespace(last_version="v1", infer=_always(InferenceCrashed("could not be restarted")))
+    batch = [await h.accept(_request_record(settings, f"u{i}", f"r{i}", offset=i)) for i in range(2)]
+    with pytest.raises(ModelLostError, match="cold probe"):
+        await h.serve(batch, runner)  # type: ignore[arg-type]
+    assert not out.sent
+
+
+def _always(exc: Exception) -> Any:
+    async def infer(batch: Any) -> tuple[list[Any], float]:
+        raise exc
+
+    return infer
 
 
 async def test_a_model_error_or_an_unbuildable_result_dead_letters_that_request_only(
