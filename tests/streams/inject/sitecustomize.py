@@ -86,3 +86,28 @@ if _FAIL:
         return await _send(self, topic, key, value, *args, **kwargs)
 
     _faust_aiokafka.Producer.send = _failing_send  # type: ignore[method-assign]
+
+
+# With GENREC_TEST_POISON=crash|hang, the inference child dies (crash) or never answers (hang) on any batch
+# holding a request with k == POISON_K: a request that poisons the model, on purpose.
+_POISON = os.environ.get("GENREC_TEST_POISON")
+POISON_K = 977
+
+if _POISON:
+    import multiprocessing
+    import sys
+    import time
+
+    from streams import serving as _serving
+
+    _serve_batch = _serving.serve_batch
+
+    def _poisoned_serve_batch(rec, items):  # type: ignore[no-untyped-def]
+        if any(x.k == POISON_K for x in items) and multiprocessing.current_process().name == "genrec-infer":
+            print(f"inject: poison request in a batch of {len(items)}: {_POISON}", file=sys.stderr, flush=True)
+            if _POISON == "crash":
+                os._exit(3)
+            time.sleep(3600)
+        return _serve_batch(rec, items)
+
+    _serving.serve_batch = _poisoned_serve_batch
