@@ -5,6 +5,13 @@
                               "created_at", "sha256": of model.safetensors}
     CKPT/items.json          the item vocabulary: index i (1-based) ↔ items[i-1], the data set's own ids
     CKPT/metrics.json        training and evaluation metrics
+    CKPT/manifest.json       {"format": 1, "files": {name: sha256}} of the weights, config.json and items.json
+
+A version is named by the sha256 of its manifest (`version_sha256`): one hash that covers the weights, the
+configuration and the vocabulary, so an edited config.json (another serving order, other popularity counts) or
+items.json (ids shifted by one) is refused like damaged weights. Checkpoints written before manifests existed
+have none: they are still loaded, named by their weights' hash as before, with config.json and items.json
+unchecked. A manifest checkpoint asked for by its weights' hash alone is refused, with the hash to ask for.
 
 Written into a temporary sibling directory and renamed into place, so a reader never sees half a checkpoint.
 """
@@ -29,7 +36,10 @@ from model.generative import GenerativeRecommender
 from model.text import ITEM_TEXT_CACHE_GLOB
 
 WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+MANIFEST_FILES = (WEIGHTS, "config.json", "items.json")
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
+MAX_MANIFEST_BYTES = 64 * 1024
 
 
 class CheckpointError(ValueError):
@@ -84,6 +94,7 @@ def save_checkpoint(path: Path | str, model: GenerativeRecommender, item_ids: li
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
         (tmp / "items.json").write_text(json.dumps(item_ids))
         (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2))
+        write_manifest(tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -134,9 +145,59 @@ def read_meta(path: Path | str) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", expected_sha256: str | None = None
-                    ) -> Checkpoint:
-    """Load and verify: the weights' sha256 must match config.json (and `expected_sha256` if given)."""
+def write_manifest(path: Path) -> str:
+    """Record the sha256 of the weights, config.json and items.json in `path`/manifest.json; returns the
+    version hash (the manifest's own sha256)."""
+    files = {name: sha256_file(path / name) for name in MANIFEST_FILES}
+    raw = json.dumps({"format": 1, "files": files}, sort_keys=True, indent=2).encode("utf-8")
+    (path / MANIFEST).write_bytes(raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def version_sha256(path: Path | str) -> str:
+    """The hash a version is published under: of its manifest, or (written before manifests) of its weights."""
+    path = Path(path)
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        return hashlib.sha256(manifest.read_bytes()[: MAX_MANIFEST_BYTES + 1]).hexdigest()
+    sha = read_meta(path).get("sha256")
+    if not sha:
+        raise CheckpointError(f"{path}: no {MANIFEST} and config.json records no sha256 of {WEIGHTS}")
+    return str(sha)
+
+
+def _check_manifest(path: Path, weights_digest: str) -> str | None:
+    """Every file the manifest names matches it; returns the manifest's hash (None: no manifest, an old one)."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return None
+    raw = manifest.read_bytes()[: MAX_MANIFEST_BYTES + 1]
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise CheckpointError(f"{manifest}: larger than the {MAX_MANIFEST_BYTES}-byte bound")
+    try:
+        files = json.loads(raw)["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files is not an object")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{manifest} is unreadable: {e}") from e
+    for name in MANIFEST_FILES:
+        if name not in files:
+            raise CheckpointError(f"{manifest} does not cover {name}")
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: {name} is missing")
+        digest = weights_digest if name == WEIGHTS else sha256_file(path / name)
+        if digest != files[name]:
+            raise CheckpointError(f"{path}/{name}: sha256 {digest[:12]}… does not match the manifest's "
+                                  f"{str(files[name])[:12]}… (edited or damaged since it was saved)")
+    return hashlib.sha256(raw).hexdigest()
+
+
+def verify_checkpoint(path: Path | str, expected_sha256: str | None = None) -> str:
+    """Check a checkpoint's hashes without loading it; returns its version hash (`version_sha256`).
+
+    The weights must match config.json's sha256 and, when there is a manifest, every file must match it;
+    `expected_sha256` (from a `ModelVersion` message) must be the version hash.
+    """
     path = Path(path)
     meta = read_meta(path)
     weights = path / WEIGHTS
@@ -148,9 +209,28 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", expect
         # Unverifiable: save_checkpoint always records the hash, so its absence means a hand-made or damaged file.
         raise CheckpointError(f"{path}/config.json records no sha256 of {WEIGHTS}")
     digest = sha256_file(weights)
-    for want in (meta.get("sha256"), expected_sha256):
-        if want is not None and want != digest:
-            raise CheckpointError(f"{weights}: sha256 {digest[:12]}… does not match the expected {str(want)[:12]}…")
+    want = meta.get("sha256")
+    if want is not None and want != digest:
+        raise CheckpointError(f"{weights}: sha256 {digest[:12]}… does not match the expected {str(want)[:12]}…")
+    manifest_digest = _check_manifest(path, digest)
+    have = manifest_digest or digest
+    if expected_sha256 is not None and expected_sha256 != have:
+        if manifest_digest is not None and expected_sha256 == digest:
+            raise CheckpointError(
+                f"{path}: sha256 {digest[:12]}… names the weights only; this version is named by its manifest's "
+                f"sha256 {manifest_digest[:12]}… (weights, config.json, items.json). Publish it again "
+                "(genrec models promote) to name it so.")
+        raise CheckpointError(f"{path}: sha256 {have[:12]}… does not match the expected {expected_sha256[:12]}…")
+    return have
+
+
+def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", expected_sha256: str | None = None
+                    ) -> Checkpoint:
+    """Load and verify (`verify_checkpoint`): the hashes, then the contents (shapes, vocabulary, finite weights)."""
+    path = Path(path)
+    verify_checkpoint(path, expected_sha256)
+    meta = read_meta(path)
+    weights = path / WEIGHTS
     try:
         cfg = ModelConfig(**meta["model"])
         item_ids = json.loads((path / "items.json").read_text())

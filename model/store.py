@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import CheckpointError, read_meta, save_checkpoint
+from model.checkpoint import CheckpointError, read_meta, save_checkpoint, version_sha256
 from model.generative import GenerativeRecommender
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -81,7 +81,7 @@ class ModelStore:
         meta = read_meta(path)
         metrics_path = path / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        return VersionInfo(str(meta.get("version", version)), path, str(meta["sha256"]), meta.get("parent"),
+        return VersionInfo(str(meta.get("version", version)), path, version_sha256(path), meta.get("parent"),
                            float(meta.get("created_at", 0.0)), _numeric(metrics if isinstance(metrics, dict) else {}))
 
     def list(self) -> list[VersionInfo]:

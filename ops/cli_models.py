@@ -108,7 +108,7 @@ def _who() -> str:
 
 def _verified(store: Path, version: str) -> Any:
     """The version's info after checking that its weights still match their sha256."""
-    from model.checkpoint import CheckpointError, sha256_file
+    from model.checkpoint import CheckpointError, verify_checkpoint
     from model.store import ModelStore
 
     try:
@@ -116,9 +116,11 @@ def _verified(store: Path, version: str) -> Any:
     except (CheckpointError, ValueError, KeyError, OSError) as exc:
         typer.echo(f"genrec models: no version {version!r} in {store}: {exc}", err=True)
         raise typer.Exit(2) from exc
-    if sha256_file(info.path / "model.safetensors") != info.sha256:
-        typer.echo(f"genrec models: {version}: weights do not match the recorded sha256; refusing", err=True)
-        raise typer.Exit(2)
+    try:
+        verify_checkpoint(info.path, info.sha256)
+    except CheckpointError as exc:
+        typer.echo(f"genrec models: {version}: {exc}; refusing", err=True)
+        raise typer.Exit(2) from exc
     return info
 
 

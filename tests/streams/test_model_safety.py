@@ -3,6 +3,7 @@ serving runner that is asked to swap to it keeps serving its current model, unch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model.checkpoint import WEIGHTS, CheckpointError, load_checkpoint, resolve_in_store, save_checkpoint, sha256_file
+from model.checkpoint import (
+    MANIFEST,
+    WEIGHTS,
+    CheckpointError,
+    load_checkpoint,
+    resolve_in_store,
+    save_checkpoint,
+    sha256_file,
+    version_sha256,
+    write_manifest,
+)
 from model.config import ModelConfig
 from model.generative import GenerativeRecommender
 from model.serving import Recommender
@@ -44,6 +55,7 @@ def _damage(src: Path, dst: Path, how: str) -> Path:
     raw = bytearray(w.read_bytes())
     cfg_path = dst / "config.json"
     meta = json.loads(cfg_path.read_text())
+    original = json.loads(cfg_path.read_text())
     if how == "flipped byte":
         raw[len(raw) // 2] ^= 0x01
         w.write_bytes(bytes(raw))
@@ -62,6 +74,10 @@ def _damage(src: Path, dst: Path, how: str) -> Path:
         (dst / "items.json").write_text(json.dumps(["x"]))
     elif how == "other architecture":
         meta["model"]["d_model"] = 32
+    elif how == "config edited":
+        meta["serving_order"] = meta.get("serving_order", "x") + "-edited"  # any edit after the save
+    elif how == "items edited":
+        (dst / "items.json").write_text(json.dumps(list(reversed(json.loads((dst / "items.json").read_text())))))
     elif how == "NaN weights, hash updated":
         tensors = {k: v.clone() for k, v in load_checkpoint(src).model.state_dict().items()}
         first = next(k for k, t in tensors.items() if t.is_floating_point())
@@ -70,9 +86,16 @@ def _damage(src: Path, dst: Path, how: str) -> Path:
         meta["sha256"] = sha256_file(w)
     else:
         raise AssertionError(how)
-    if cfg_path.read_text() != "{oops":
+    if cfg_path.read_text() != "{oops" and meta != original:
         cfg_path.write_text(json.dumps(meta))
+    if how in MANIFEST_REWRITTEN:
+        write_manifest(dst)  # hashes made to agree: what remains to refuse it is the contents
     return dst
+
+
+# Damages made with every hash updated to agree (a bug or a hand edit that also rewrote the hashes).
+MANIFEST_REWRITTEN = {"truncated, hash updated", "items do not fit", "other architecture",
+                      "NaN weights, hash updated"}
 
 
 DAMAGES = {
@@ -85,6 +108,8 @@ DAMAGES = {
     "items do not fit": "item ids",
     "other architecture": "do not fit",
     "NaN weights, hash updated": "non-finite",
+    "config edited": "config.json: sha256 .* does not match the manifest",
+    "items edited": "items.json: sha256 .* does not match the manifest",
 }
 
 
@@ -97,9 +122,25 @@ def test_a_damaged_checkpoint_is_refused_with_a_clear_error(store: Path, tmp_pat
 
 def test_an_expected_hash_from_the_models_topic_must_match(store: Path) -> None:
     good = store / "good-a"
-    load_checkpoint(good, expected_sha256=sha256_file(good / WEIGHTS))
+    version_hash = version_sha256(good)
+    assert version_hash == hashlib.sha256((good / MANIFEST).read_bytes()).hexdigest() != sha256_file(good / WEIGHTS)
+    load_checkpoint(good, expected_sha256=version_hash)
     with pytest.raises(CheckpointError, match="does not match"):
         load_checkpoint(good, expected_sha256="0" * 64)
+    # The weights' hash alone no longer names a version that has a manifest: refused, with the hash to use.
+    with pytest.raises(CheckpointError, match=f"names the weights only.*{version_hash[:12]}"):
+        load_checkpoint(good, expected_sha256=sha256_file(good / WEIGHTS))
+
+
+def test_a_version_saved_before_manifests_still_loads_by_its_weights_hash(store: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(store / "good-a", old)
+    (old / MANIFEST).unlink()
+    weights_hash = sha256_file(old / WEIGHTS)
+    assert version_sha256(old) == weights_hash
+    assert load_checkpoint(old, expected_sha256=weights_hash).version == "good-a"
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(old, expected_sha256="0" * 64)
 
 
 def _inputs() -> list[InferenceInput]:
@@ -160,6 +201,7 @@ def _cannot_serve(src: Path, dst: Path) -> Path:
     meta = json.loads((dst / "config.json").read_text())
     meta["item_popularity"] = [float("nan")] * len(meta.get("item_popularity") or [0] * meta["model"]["num_items"])
     (dst / "config.json").write_text(json.dumps(meta))
+    write_manifest(dst)  # saved so: every hash agrees, only serving shows the problem
     return dst
 
 

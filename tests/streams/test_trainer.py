@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import load_checkpoint, sha256_file
+from model.checkpoint import load_checkpoint, version_sha256
 from model.data import synthetic_dataset
 from model.store import ModelStore
 from ops.bench_stream import http_get, start_worker, wait_ready
@@ -89,7 +89,7 @@ def test_trainer_publishes_a_verified_version_and_resumes_after_restart(
     msg = published()[0]
     assert msg.parent == base.version and msg.kind == "publish"
     info = store.info(msg.version)
-    assert sha256_file(info.path / "model.safetensors") == msg.sha256 == info.sha256
+    assert version_sha256(info.path) == msg.sha256 == info.sha256
     assert {"candidate_ndcg@10", "serving_ndcg@10", "holdout_n", "delay_s_mean"} <= set(msg.metrics)
     assert msg.metrics["delay_s_max"] >= 0 and msg.metrics["holdout_n"] >= 5
     new = load_checkpoint(info.path, expected_sha256=msg.sha256)
