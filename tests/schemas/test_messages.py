@@ -85,7 +85,7 @@ def test_oversized_messages_are_rejected_before_parsing() -> None:
 
 def test_json_schema_export_covers_every_message() -> None:
     schemas = json_schemas()
-    assert set(schemas) == {"Event", "RecRequest", "RecResult", "DeadLetter", "ModelVersion"}
+    assert set(schemas) == {"Event", "RecRequest", "RecResult", "DeadLetter", "ModelVersion", "PublishingControl"}
     assert schemas["RecRequest"]["properties"]["k"]["maximum"] == MAX_K
 
 
