@@ -4,14 +4,18 @@
     items (seen items excluded on request) → append the K' candidates as item tokens at the request time,
     each seeing the cached history keys/values and itself only → ranking head → sort → top-k.
 
-The sort key (`order`) is by default the joint one, log P(next = i) + log P(positive | i) up to a constant:
+The sort key (`order`) is the checkpoint's own `serving_order`, picked on the validation split after training
+(model/train.py `select_serving_order`) among:
 
-    key_i = s_i / τ + log σ(r_i)      s_i: retrieval cosine, τ: its softmax temperature, r_i: ranking logit
+    joint      key_i = s_i / τ + log σ(r_i)   s_i: retrieval cosine, τ: its softmax temperature, r_i: ranking logit
+    ranking    key_i = r_i
+    retrieval  key_i = s_i
 
-The ranking head predicts feedback given that the user engages with the item (ML-100K: rating ≥ 4 among rated
-films; in the stream: click versus impression); alone it ignores how likely the engagement is. On the last 30 %
-of ML-100K its order served the next click 2.9× worse than the joint key, which also beats the retriever's own
-order (BENCHMARKS.md, "Serving order"): the expected positive engagement, retriever softmax × ranker probability.
+A next-item ranker (rank_task="next", trained on the retrieval top-K' in candidate slots) already reads β·s_i, so
+its own logit is often the best key. A feedback ranker (older checkpoints: P(positive | engaged)) ignores how
+likely the engagement is; on the last 30 % of ML-100K its order served the next click 2.9× worse than the joint key
+(docs/bench/history.md, "Serving order"). `served_order` is the one implementation of the served list: the worker
+serves with it and `genrec eval` measures it (`served_*`).
 """
 
 from __future__ import annotations
@@ -230,10 +234,11 @@ class Recommender:
 
     def _popular(self, k: int) -> list[Recommendation]:
         """Cold start (no history, no query): the most popular items of the training data."""
-        top = np.argsort(-self.popularity, kind="stable")[:k]
-        total = max(float(self.popularity[1:].sum()), 1.0)
-        return [Recommendation(self.item_ids[int(i) - 1], r + 1, float(self.popularity[i] / total), 0.0)
-                for r, i in enumerate(top) if i > 0]
+        pop = np.nan_to_num(self.popularity[1:], nan=0.0, posinf=0.0, neginf=0.0)  # row 0 (padding) never served
+        top = np.argsort(-pop, kind="stable")[:k] + 1
+        total = max(float(pop.sum()), 1.0)
+        return [Recommendation(self.item_ids[int(i) - 1], r + 1, float(pop[i - 1] / total), 0.0)
+                for r, i in enumerate(top)]
 
 
 def item_titles(ds: SequenceDataset, data_dir: Path | str | None) -> dict[str, str]:
