@@ -234,11 +234,12 @@ class Recommender:
 
     def _popular(self, k: int) -> list[Recommendation]:
         """Cold start (no history, no query): the most popular items of the training data."""
-        pop = np.nan_to_num(self.popularity[1:], nan=0.0, posinf=0.0, neginf=0.0)  # row 0 (padding) never served
-        top = np.argsort(-pop, kind="stable")[:k] + 1
-        total = max(float(pop.sum()), 1.0)
-        return [Recommendation(self.item_ids[int(i) - 1], r + 1, float(pop[i - 1] / total), 0.0)
-                for r, i in enumerate(top)]
+        top = np.argsort(-self.popularity, kind="stable")[:k]
+        total = max(float(self.popularity[1:].sum()), 1.0)
+        # A checkpoint whose popularity holds NaN puts the padding row first: the list then starts at rank 2, which
+        # the swap's test inference refuses (streams: ProbeFailed) instead of serving a broken cold-start list.
+        return [Recommendation(self.item_ids[int(i) - 1], r + 1, float(self.popularity[i] / total), 0.0)
+                for r, i in enumerate(top) if i > 0]
 
 
 def item_titles(ds: SequenceDataset, data_dir: Path | str | None) -> dict[str, str]:
