@@ -57,6 +57,9 @@ def _register() -> None:
     from ops import cli_deadletters
 
     cli_deadletters.register(app, bench_app)
+    from ops import bench_chaos
+
+    bench_chaos.register(app, bench_app)
 
 
 def main() -> None:

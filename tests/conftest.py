@@ -8,6 +8,7 @@ stopping it) start their own `ops.broker.EmbeddedBroker` instead of touching thi
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,3 +74,24 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"data directory {path} is absent (set GENREC_DATA_DIR to point at the data sets)")
     return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real checkpoint: `genrec train` on the generated data set for one epoch (~30 s on 2 cores).
+
+    GENREC_TEST_CHECKPOINT points at an existing one instead (to iterate on the tests faster).
+    """
+    given = os.environ.get("GENREC_TEST_CHECKPOINT")
+    if given:
+        return Path(given)
+    from ops.bench_stream import genrec_command
+
+    out = tmp_path_factory.mktemp("ckpt") / "synthetic"
+    subprocess.run(
+        [*genrec_command(), "train", "--dataset", "synthetic", "--out", str(out), "--epochs", "1", "--no-progress"],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    return out

@@ -12,120 +12,37 @@ The random moments come from GENREC_CHAOS_SEED (printed on failure) so a failing
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from ops.bench_stream import wait_ready
-from schemas.messages import Event, RecRequest, RecResult, encode
+from ops.chaos import (
+    PacedProducer,
+    Replay,
+    Topics,
+    WorkerHandle,
+    log_problems,
+    read_until,
+    values,
+    wait_histories,
+)
+from schemas.messages import RecResult
 from streams import history_codec
 from tests.conftest import new_embedded_broker
-from tests.streams.conftest import Topics, WorkerHandle, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-NOW = int(time.time() * 1000) - 3_600_000
 SEED = int(os.environ.get("GENREC_CHAOS_SEED", str(int(time.time()) % 100_000)))
 # Users and send rates grow with the scale, replay durations stay (RELIABILITY.md runs it at a larger scale).
 SCALE = int(os.environ.get("GENREC_CHAOS_SCALE", "1"))
-
-
-@dataclass
-class Replay:
-    """Events and requests for a set of users, each user's events strictly increasing in time."""
-
-    topics: Topics
-    records: list[tuple[str, bytes, bytes]] = field(default_factory=list)
-    events: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # user → [(item, ts)]
-    request_ids: list[str] = field(default_factory=list)
-
-    def add_events(self, users: list[str], per_user: int, rng: random.Random) -> None:
-        for _ in range(per_user):
-            for u in users:
-                item = str(rng.randint(1, 300))
-                ts = NOW + 1000 * len(self.events.setdefault(u, []))
-                self.events[u].append((item, ts))
-                ev = Event(event_id=f"{u}-{uuid.uuid4().hex[:10]}", user_id=u, ts=ts, type="click", item_id=item)
-                self.records.append((self.topics.events, u.encode(), encode(ev)))
-
-    def add_requests(self, users: list[str], per_user: int) -> None:
-        for i in range(per_user):
-            for u in users:
-                rid = f"{u}-r{i}"
-                self.request_ids.append(rid)
-                req = RecRequest(request_id=rid, user_id=u, ts=NOW + 10_000_000, k=10)
-                self.records.append((self.topics.requests, u.encode(), encode(req)))
-
-
-class PacedProducer(threading.Thread):
-    """Sends records in order at `rate` per second, each confirmed; survives broker outages (long timeouts)."""
-
-    def __init__(self, bootstrap: str, records: list[tuple[str, bytes, bytes]], rate: float) -> None:
-        super().__init__(daemon=True)
-        self.bootstrap, self.records, self.rate = bootstrap, records, rate
-        self.sent = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # surfaced by the test, not lost in a thread
-            self.error = exc
-
-    async def _main(self) -> None:
-        from ops.kafka_clients import make_producer
-
-        p = make_producer(self.bootstrap, one_record_batches=False, linger_ms=0, request_timeout_ms=120_000)
-        await p.start()
-        try:
-            t0 = time.monotonic()
-            for i, (topic, key, value) in enumerate(self.records):
-                await asyncio.sleep(max(0.0, t0 + i / self.rate - time.monotonic()))
-                await p.send_and_wait(topic, key=key, value=value)
-                self.sent += 1
-        finally:
-            await p.stop()
-
-    def begin(self, timeout_s: float = 30.0) -> None:
-        """Start, and return once the first record is confirmed: fault timing counts from the stream, not
-        from the producer's connection set-up (slow on a loaded machine)."""
-        self.start()
-        t_end = time.monotonic() + timeout_s
-        while self.sent == 0 and self.error is None and time.monotonic() < t_end:
-            time.sleep(0.01)
-        assert self.sent > 0, f"producer sent nothing in {timeout_s}s: {self.error!r}"
-
-    def finish(self, timeout_s: float) -> None:
-        self.join(timeout_s)
-        assert not self.is_alive(), f"producer stuck after {self.sent}/{len(self.records)} records"
-        assert self.error is None, f"producer failed: {self.error!r}"
-
-
-def _latest_histories(w: WorkerHandle, quiet_s: float = 4.0) -> dict[str, history_codec.RawHistory]:
-    latest: dict[bytes, bytes] = {}
-    for r in read_until(w.bootstrap, f"{w.app_id}-user_history-changelog", lambda r: False, timeout_s=quiet_s):
-        latest[r.key] = r.value
-    # Every value must decode: a torn or corrupted write would raise here.
-    return {k.decode(): history_codec.decode(v) for k, v in latest.items()}
-
-
-def _wait_histories(w: WorkerHandle, replay: Replay, timeout_s: float) -> dict[str, history_codec.RawHistory]:
-    want = {u: len(evs) for u, evs in replay.events.items()}
-    t_end = time.monotonic() + timeout_s
-    while True:
-        hist = _latest_histories(w)
-        if all(len(hist.get(u, [])) >= n for u, n in want.items()) or time.monotonic() > t_end:
-            return hist
 
 
 def _check_exactly_once(hist: dict[str, history_codec.RawHistory], replay: Replay, w: WorkerHandle) -> None:
@@ -158,9 +75,8 @@ def _check_results(w: WorkerHandle, replay: Replay, timeout_s: float, same_lists
 
 
 def _check_log(w: WorkerHandle) -> None:
-    log = w.log_path.read_text(errors="replace")  # every start of this handle appends to it
-    for bad in ("ConsistencyError", "unreadable history", "CorruptHistoryError", "crashing the worker"):
-        assert bad not in log, f"{bad} in the worker log\n{w.log_tail()}"
+    bad = log_problems(w)
+    assert not bad, f"{bad} in the worker log\n{w.log_tail()}"
 
 
 @pytest.mark.timeout(480)
@@ -182,7 +98,7 @@ def test_sigkill_at_random_moments_loses_nothing(worker_factory) -> None:
     w.proc.wait(10)
     w.start(state_dir=first)  # the same state directory: local RocksDB state plus the changelog
     p.finish(120)
-    hist = _wait_histories(w, replay, 90)
+    hist = wait_histories(w, replay, 90)
     _check_exactly_once(hist, replay, w)
 
     # Phase 2: requests for those users, and events of other users (ingest keeps writing), two kills.
@@ -202,7 +118,7 @@ def test_sigkill_at_random_moments_loses_nothing(worker_factory) -> None:
         w.start(state_dir=state_dir)  # an empty directory: everything from the changelog
     p.finish(120)
     got = _check_results(w, replay, 120)
-    hist = _wait_histories(w, replay, 90)
+    hist = wait_histories(w, replay, 90)
     _check_exactly_once(hist, replay, w)
     assert w.starts == 4
     _check_log(w)
@@ -263,7 +179,7 @@ def test_broker_frozen_mid_stream_worker_waits_and_resumes(own_broker, checkpoin
         # Requests and their users' events interleave here, and a rebalance after the outage may redeliver
         # a request after more events arrived: completeness only, not identical duplicates.
         got = _check_results(w, replay, 120, same_lists=False)
-        hist = _wait_histories(w, replay, 60)
+        hist = wait_histories(w, replay, 60)
         _check_exactly_once(hist, replay, w)
         assert w.proc.poll() is None and w.proc.pid == pid, "the worker exited during the outage"
         assert w.starts == 1

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.streams.conftest import WorkerHandle, produce
-from tests.streams.test_chaos import Replay, _check_exactly_once, _wait_histories
+from ops.chaos import Replay, WorkerHandle, produce, wait_histories
+from tests.streams.test_chaos import _check_exactly_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(360)]
 
@@ -65,7 +65,7 @@ def test_a_refused_changelog_send_fails_the_worker_and_the_restart_loses_nothing
 
     # 1. An empty state folder: the changelog plus the records after the last commit.
     w.start(state_dir=w.base / "state-2")
-    _check_exactly_once(_wait_histories(w, replay, 90), replay, w)
+    _check_exactly_once(wait_histories(w, replay, 90), replay, w)
 
     # 2. The same state folder after a second refused send.
     n = len(replay.records)
@@ -74,6 +74,6 @@ def test_a_refused_changelog_send_fails_the_worker_and_the_restart_loses_nothing
     rc = _wait_exit(w, 90)
     assert second_fault.exists() and rc != 0, f"second fault: rc={rc}\n{w.log_tail()}"
     w.start(state_dir=w.base / "state-2")
-    _check_exactly_once(_wait_histories(w, replay, 90), replay, w)
+    _check_exactly_once(wait_histories(w, replay, 90), replay, w)
     assert "rebuilding" in w.log_path.read_text(errors="replace")  # the local tables were dropped
     assert w.proc.poll() is None
