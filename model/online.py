@@ -1,4 +1,4 @@
-"""Online learning (design.md §5 Trainer): turn the stream into training examples with the offline
+"""Online learning (the trainer role, docs/architecture.md): turn the stream into training examples with the offline
 tokenization, fine-tune in small bounded steps, and publish only what does not hurt a held-back slice.
 
     example  = a user's last L−1 events + the new event (the retrieval target and, through its item token,

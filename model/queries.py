@@ -1,4 +1,4 @@
-"""Search queries for data sets without logged queries (issue 5, design.md §4 "Evaluation").
+"""Search queries for data sets without logged queries (issue 5; the evaluation protocol is in model/evaluate.py).
 
 Unified search-and-recommendation papers build the query for a target item from that item's
 metadata: MovieLens genres and title words, Amazon attribute ids rendered as tokens. This module

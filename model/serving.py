@@ -1,4 +1,4 @@
-"""Serving one batch of requests with one model (design.md §4, "Serving one request"):
+"""Serving one batch of requests with one model (docs/architecture.md, "Serving one request"):
 
     forward the history (+ query) once → user state at the last token → top-K' by the retrieval head over all
     items (seen items excluded on request) → append the K' candidates as item tokens at the request time,
