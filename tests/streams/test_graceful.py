@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from ops.chaos import committed_offsets
 from schemas.messages import RecRequest, encode
 from tests.streams.conftest import FAST_GROUP_ENV, WorkerHandle, read_until, values
 
@@ -44,25 +45,6 @@ def _send_backlog(bootstrap: str, topic: str) -> dict[str, tuple[int, int]]:
     return asyncio.run(main())
 
 
-def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offsets (OffsetFetch from a consumer that only reads them: no join, no commit)."""
-    from aiokafka import TopicPartition
-
-    from ops.kafka_clients import make_consumer
-
-    async def main() -> dict[int, int]:
-        c = make_consumer(bootstrap, group_id=group, enable_auto_commit=False)
-        await c.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            c.assign(tps)
-            return {tp.partition: off for tp in tps if (off := await c.committed(tp)) is not None}
-        finally:
-            await c.stop()
-
-    return asyncio.run(main())
-
-
 def test_sigterm_mid_backlog_finishes_in_flight_commits_it_and_leaves(worker_factory) -> None:
     w: WorkerHandle = worker_factory()
     w.start()
@@ -73,7 +55,7 @@ def test_sigterm_mid_backlog_finishes_in_flight_commits_it_and_leaves(worker_fac
     w.proc.send_signal(signal.SIGTERM)
     assert w.proc.wait(60) == 0, w.log_tail()
 
-    committed = _committed(w.bootstrap, w.app_id, t.requests, int(FAST_GROUP_ENV["GENREC_PARTITIONS"]))
+    committed = committed_offsets(w.bootstrap, w.app_id, t.requests, int(FAST_GROUP_ENV["GENREC_PARTITIONS"]))
     answered = {v["request_id"] for v in values(read_until(w.bootstrap, t.results, lambda r: False, 5.0))}
     below = {rid for rid, (p, off) in where.items() if off < committed.get(p, 0)}
     assert 200 <= len(below) < N, f"SIGTERM did not land mid-backlog: {len(below)} of {N} committed"
