@@ -26,14 +26,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from model.config import ModelConfig
-from model.generative import GenerativeRecommender
 from model.text import ITEM_TEXT_CACHE_GLOB
+
+if TYPE_CHECKING:
+    import torch
+
+    from model.generative import GenerativeRecommender
+
+# torch and safetensors are imported where weights are read or written, not here: the worker process reads
+# manifests and paths from this module (streams/app.py), while its model lives in the inference child, and a
+# torch import costs about a second of every restart (issue 19's recovery time).
 
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
@@ -76,6 +81,8 @@ def save_checkpoint(path: Path | str, model: GenerativeRecommender, item_ids: li
         raise ValueError(f"{len(item_ids)} item ids for a model of {model.cfg.num_items} items")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    from safetensors.torch import save_file
+
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS))
@@ -227,6 +234,11 @@ def verify_checkpoint(path: Path | str, expected_sha256: str | None = None) -> s
 def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", expected_sha256: str | None = None
                     ) -> Checkpoint:
     """Load and verify (`verify_checkpoint`): the hashes, then the contents (shapes, vocabulary, finite weights)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from model.generative import GenerativeRecommender
+
     path = Path(path)
     verify_checkpoint(path, expected_sha256)
     meta = read_meta(path)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.data import SequenceDataset, load_item_meta
 from model.generative import GenerativeRecommender
+from model.recommendation import Recommendation
 from model.text import clean_query
 from model.tokens import History, tokenize
 
@@ -95,14 +96,6 @@ def served_order(scores: torch.Tensor, k_prime: int, tau: float, order: ServingO
     perm = key.argsort(dim=1, descending=True, stable=True)
     return ServedLists(top_i.gather(1, perm), top_s.gather(1, perm),
                        None if logit is None else logit.gather(1, perm), key.gather(1, perm))
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    item_id: str
-    rank: int  # from 1
-    score: float  # ranking head probability (or the retrieval score for retrieval-only models); not the sort key
-    retrieval_score: float  # cosine of user state and item
 
 
 def pick_device(device: str | None = None) -> torch.device:

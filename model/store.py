@@ -16,13 +16,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from model.checkpoint import CheckpointError, read_meta, save_checkpoint, version_sha256
-from model.generative import GenerativeRecommender
+
+if TYPE_CHECKING:
+    import torch
+
+    from model.generative import GenerativeRecommender
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_STATE_BYTES = 1 << 20
@@ -104,6 +105,8 @@ class ModelStore:
         step the other two belong to, and a crash between leaves at worst newer weights with older counters)."""
         save_checkpoint(self.trainer_dir / "model", model, item_ids, dataset=dataset,
                         version=f"trainer-step-{state.get('step', 0)}")
+        from safetensors.torch import save_file
+
         tensors, opt_meta = optimizer
         fd, tmp = tempfile.mkstemp(prefix=".optimizer.", dir=self.trainer_dir)
         os.close(fd)
@@ -125,6 +128,7 @@ class ModelStore:
         state = json.loads(state_path.read_text())
         opt_path = self.trainer_dir / "optimizer.safetensors"
         from safetensors import safe_open
+        from safetensors.torch import load_file
 
         with safe_open(str(opt_path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("meta", "{}"))

@@ -40,7 +40,7 @@ from streams.serving import (
 )
 
 if TYPE_CHECKING:
-    from model.serving import Recommendation
+    from model.recommendation import Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def encode_reply(version: str, lists: Sequence[Sequence[Any]]) -> bytes:
 
 
 def decode_reply(buf: bytes) -> tuple[str, list[list[Recommendation]]]:
-    from model.serving import Recommendation
+    from model.recommendation import Recommendation
 
     if buf[:1] != REPLY_TAG:
         raise ValueError("not a reply")

@@ -25,8 +25,8 @@ from schemas.messages import RecRequest
 from streams import history_codec
 from streams.inference_errors import InferenceError
 
-if TYPE_CHECKING:  # the one Recommendation type; model.serving imports torch, which the worker loads lazily
-    from model.serving import Recommendation
+if TYPE_CHECKING:  # the one Recommendation type (model/recommendation.py)
+    from model.recommendation import Recommendation
 
 log = logging.getLogger(__name__)
 
