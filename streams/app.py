@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -126,22 +126,50 @@ class TableStore:
 
 
 class ModelHolder(Service):
-    """Loads the model before Faust joins the group, so a worker never owns partitions it cannot serve."""
+    """Loads the model while Faust joins the group and restores the tables, instead of before: on a restart the
+    two waits overlap (issue 19 item 10, RELIABILITY.md). Nothing is served before the model is there: /ready
+    says not ready and the first inference batch waits for it (`wait_loaded`). A model that cannot load fails
+    the worker, as it did when loading came first."""
 
     def __init__(
         self,
         settings: StreamSettings,
         metrics: WorkerMetrics,
         loader: Callable[[], RecommenderLike] | None = None,
+        on_failure: Callable[[BaseException], Awaitable[None]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.metrics = metrics
         self._loader = loader
+        self._on_failure = on_failure
         self.runner: InferenceRunner | None = None
+        self._done = asyncio.Event()
+        self.error: BaseException | None = None
 
     async def on_start(self) -> None:
+        self.add_future(self._load())
+
+    async def wait_loaded(self) -> InferenceRunner:
+        await self._done.wait()
+        if self.runner is None:
+            raise RuntimeError(f"the model did not load: {self.error!r}")
+        return self.runner
+
+    async def _load(self) -> None:
+        try:
+            self.runner = await self._open_runner()
+        except BaseException as exc:
+            self.error = exc
+            log.error("model %s could not be loaded: %r", self.settings.checkpoint, exc)
+            if self._on_failure is not None and not isinstance(exc, asyncio.CancelledError):
+                await self._on_failure(exc)
+            raise
+        finally:
+            self._done.set()
+
+    async def _open_runner(self) -> InferenceRunner:
         s = self.settings
         if self._loader is not None:
             loader = self._loader
@@ -164,12 +192,12 @@ class ModelHolder(Service):
             )
         else:
             runner = InferenceRunner(await loop.run_in_executor(None, loader), torch_threads=s.torch_threads)
-        self.runner = runner
         max_events = runner.recommender.max_events
         if s.history_len < max_events:
             log.warning("history_len=%d keeps fewer events than the model reads (%d)", s.history_len, max_events)
         self.metrics.set_model_version(runner.version)
         log.info("model %s loaded in %.1f s", runner.version, time.perf_counter() - t0)
+        return runner
 
     async def on_stop(self) -> None:
         if self.runner is not None:
@@ -186,7 +214,7 @@ class GenrecWorker:
         self.metrics = WorkerMetrics()
         self.app = app = build_faust_app(s, s.app_id, standby_replicas=s.standby_replicas)
         self.output = KafkaOutput(s)
-        self.model = ModelHolder(s, self.metrics, recommender_loader)
+        self.model = ModelHolder(s, self.metrics, recommender_loader, on_failure=app.crash)
         app.first_services.extend([self.output, self.model])
         # Commit protocol step 1 (streams/checkpoint.py): results, forwards and dead letters flushed and confirmed.
         app.checkpoint.add_output("results", self.output.flush)
@@ -342,8 +370,7 @@ class GenrecWorker:
         self.metrics.pending.set(batcher.pending)
 
     async def _handle_batch(self, batch: list[Pending]) -> None:
-        runner = self.model.runner
-        assert runner is not None, "model not loaded"
+        runner = self.model.runner or await self.model.wait_loaded()  # only the first batches of a start wait
         token = self.liveness.begin("inference batch")
         try:
             await self.requests.serve(batch, runner)

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import aiokafka
 import faust
 from faust.exceptions import ConsumerNotStarted
+from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message, ServiceT
 from faust.types.tuples import ack_lock
@@ -37,6 +38,7 @@ from faust.web import drivers as web_drivers
 from mode.utils.futures import notify
 from mode.utils.queues import ThrowableQueue
 
+from streams import group_handoff
 from streams.checkpoint import Checkpoint, commit_floor, discard_unconfirmed_state, holds_commit, reread_from
 
 __all__ = ["GenrecFaustApp"]
@@ -54,6 +56,18 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 raise RuntimeError("aiokafka changed: cannot override the consumer's fetch_max_wait_ms")
             consumer._fetch_max_wait_ms = int(wait)
         return consumer
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        # The member id the coordinator gave this process, kept in the state folder, so that a restart on the
+        # same folder can take it out of the group at once (streams/group_handoff.py).
+        state_dir = getattr(self.app, "member_file_dir", None)
+        if state_dir is not None:
+            try:
+                member_id = self._ensure_consumer()._coordinator.member_id
+                group_handoff.remember(state_dir, self.app.conf.id, member_id)
+            except Exception as exc:  # a restart then only waits out the session, as without the file
+                log.warning("could not record the group member id: %r", exc)
+        await super().on_partitions_assigned(assigned, generation_id)
 
 
 class _Consumer(faust_aiokafka.Consumer):
@@ -274,6 +288,16 @@ class _GenrecTable(faust.Table):
         return fut
 
 
+class _TableManager(TableManager):
+    async def on_start(self) -> None:
+        # Faust's own on_start sleeps 1 s first, so that tables an agent creates as it starts are registered
+        # before the changelogs are subscribed. Every genrec table is created with its app (streams/app.py,
+        # streams/trainer.py), so the second only delays every start and every restart (issue 19 item 10).
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
 class _Transport(faust_aiokafka.Transport):
     Consumer: ClassVar[Any] = _Consumer
 
@@ -290,8 +314,10 @@ class GenrecFaustApp(faust.App):
         # Topics whose messages count as acked only after mark_processed (see _Consumer.ack).
         self.agent_acked_topics: set[str] = set()
         kwargs.setdefault("Table", _GenrecTable)
+        kwargs.setdefault("TableManager", _TableManager)
         super().__init__(*args, **kwargs)
         datadir = Path(self.conf.datadir)
+        self.member_file_dir: Path | None = datadir  # streams/group_handoff.py
         # The commit protocol: every offset commit, every tracked send, the ordered acks (streams/checkpoint.py).
         self.checkpoint = Checkpoint(
             confirm_timeout_s=float(self.conf.broker_request_timeout) + 5.0,

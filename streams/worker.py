@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Any
 
+from streams import group_handoff
 from streams.settings import StreamSettings
 
 log = logging.getLogger("genrec.worker")
@@ -78,6 +79,15 @@ def run_worker(settings: StreamSettings) -> int:
         worker: Any = GenrecTrainer(settings)
     else:
         worker = GenrecWorker(settings)
+    # Before Faust joins: take this state folder's previous (killed) member out of the group, so that the
+    # coordinator does not hold the join for it (streams/group_handoff.py).
+    app = worker.app
+    if app.member_file_dir is not None:
+        asyncio.run(
+            group_handoff.leave_previous(
+                settings.bootstrap_servers, app.conf.id, app.member_file_dir, settings.aiokafka_security()
+            )
+        )
     runner = faust.Worker(worker.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     try:
         runner.execute_from_commandline()
