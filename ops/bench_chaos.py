@@ -25,7 +25,9 @@ Prints one JSON object, last on stdout: totals, the seeds, one entry per run, an
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import random
 import shutil
 import signal
@@ -142,7 +144,7 @@ def run_once(
             probe.start()
             probes.append(probe)
             info["ready_s"] = round(w.start(state_dir=state), 2)  # at once, on the same state folder
-            info["worker"], info["kill_ms"] = w.worker_id, kill_ms
+            info["worker"], info["kill_ms"], info["ready_ms"] = w.worker_id, kill_ms, time.time() * 1000
             kill_log.append(info)
         p.finish(max(120.0, 2 * (t_end - time.monotonic())))
         for probe in probes:
@@ -151,12 +153,17 @@ def run_once(
         want = set(replay.request_ids)
         recs = read_until(w.bootstrap, w.topics.results, lambda rs: want <= {v["request_id"] for v in values(rs)}, 120)
         got = Counter(v["request_id"] for v in values(recs))
+        reqs = read_until(w.bootstrap, w.topics.requests, lambda rs: len(rs) >= len(want), 60)
+        entry["latencies"] = request_latencies(reqs, recs)  # pooled over runs by summarize(), then dropped
+        entry["request_latency_s"] = latency_summary(entry["latencies"])
         hist = wait_histories(w, replay, 90)
         lost_ev, dup_ev, wrong_users = history_errors(hist, replay)
         for info in kill_log:
             mine = [r.timestamp for r, v in zip(recs, values(recs), strict=True) if v["worker"] == info["worker"]]
-            kill_ms = info.pop("kill_ms")
+            kill_ms, ready_ms = info.pop("kill_ms"), info.pop("ready_ms")
             info["first_answer_s"] = round((min(mine) - kill_ms) / 1000, 3) if mine else None
+            # /ready is polled, so an answer can come before the poll saw the worker ready (negative).
+            info["ready_to_first_answer_s"] = round((min(mine) - ready_ms) / 1000, 3) if mine else None
         entry.update(
             results=sum(got.values()),
             lost_requests=len(want - set(got)),
@@ -181,13 +188,40 @@ def run_once(
 def _train_checkpoint(out: Path) -> Path:
     from ops.bench_stream import _train_tiny
 
-    _train_tiny(out)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the one JSON object
+        _train_tiny(out)
     return out
+
+
+def request_latencies(requests: list[Any], results: list[Any]) -> list[float]:
+    """Seconds from each request record's timestamp to its first result's: what the asking app waited,
+    outages included (both stamped by their producers on this host's clock)."""
+    sent: dict[str, int] = {}
+    for r, v in zip(requests, values(requests), strict=True):
+        sent.setdefault(v["request_id"], r.timestamp)
+    answered: dict[str, int] = {}
+    for r, v in zip(results, values(results), strict=True):
+        rid = v["request_id"]
+        answered[rid] = min(answered.get(rid, r.timestamp), r.timestamp)
+    return [(answered[rid] - t) / 1000 for rid, t in sent.items() if rid in answered]
+
+
+def latency_summary(xs: list[float]) -> dict[str, float | int | None]:
+    """p50 / p99 (nearest rank) / max of `xs`, and how many."""
+    if not xs:
+        return {"p50": None, "p99": None, "max": None, "n": 0}
+    s = sorted(xs)
+
+    def rank(q: float) -> float:
+        return round(s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))], 3)
+
+    return {"p50": rank(0.5), "p99": rank(0.99), "max": round(s[-1], 3), "n": len(s)}
 
 
 def summarize(per_run: list[dict[str, Any]], seeds: list[int], settings: dict[str, Any]) -> dict[str, Any]:
     recoveries = [k["first_answer_s"] for r in per_run for k in r.get("kills", []) if k["first_answer_s"] is not None]
     never = [k["committed"].get("never_committed_partitions") for r in per_run for k in r.get("kills", [])]
+    latencies = [x for r in per_run for x in r.pop("latencies", [])]
 
     def total(key: str) -> int:
         return sum(int(r.get(key, 0)) for r in per_run)
@@ -203,6 +237,7 @@ def summarize(per_run: list[dict[str, Any]], seeds: list[int], settings: dict[st
         "events": total("events"),
         "kills": sum(len(r.get("kills", [])) for r in per_run),
         "kills_with_a_never_committed_partition": sum(1 for n in never if n),
+        "request_latency_s": latency_summary(latencies),
         "first_answer_after_restart_s": {
             "p50": round(statistics.median(recoveries), 3) if recoveries else None,
             "max": round(max(recoveries), 3) if recoveries else None,

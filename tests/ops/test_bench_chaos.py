@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ops.bench_chaos import parse_env, summarize
+from ops.bench_chaos import latency_summary, parse_env, request_latencies, summarize
 from ops.chaos import Replay, Topics, history_errors
 from streams import history_codec
 from tests.conftest import require_broker_binary
@@ -26,6 +26,7 @@ KEYS = {
     "seeds",
     "per_run",
     "first_answer_after_restart_s",
+    "request_latency_s",
 }
 
 
@@ -66,6 +67,8 @@ def test_one_run_kills_before_the_first_commit_and_loses_nothing(checkpoint: Pat
     assert run["kills"][0]["committed"]["never_committed_partitions"] >= 1
     rec = out["first_answer_after_restart_s"]
     assert rec["n"] == 2 and 0 < rec["p50"] <= rec["max"] < 120
+    lat = out["request_latency_s"]
+    assert lat["n"] == run["requests"] and 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 120
 
 
 def _history(pairs: list[tuple[str, int]]) -> history_codec.RawHistory:
@@ -108,6 +111,26 @@ def test_summary_totals_and_recovery_percentiles() -> None:
     assert out["duplicate_results"] == 2 and out["kills"] == 4 and out["kills_with_a_never_committed_partition"] == 2
     assert out["first_answer_after_restart_s"] == {"p50": 2.0, "max": 3.0, "n": 3}
     json.dumps(out, allow_nan=False)  # strict JSON
+
+
+def test_request_latency_is_first_result_minus_request_timestamp() -> None:
+    class Rec:
+        def __init__(self, ts: int, rid: str) -> None:
+            self.timestamp, self.value = ts, json.dumps({"request_id": rid}).encode()
+
+    requests = [Rec(1000, "a"), Rec(2000, "b"), Rec(2500, "a"), Rec(3000, "c")]  # "a" sent twice: first counts
+    results = [Rec(4000, "a"), Rec(1500, "a"), Rec(2100, "b")]  # "a" answered twice: first counts; "c" never
+    assert sorted(request_latencies(requests, results)) == [0.1, 0.5]
+    assert latency_summary([]) == {"p50": None, "p99": None, "max": None, "n": 0}
+    xs = [float(i) for i in range(1, 101)]
+    assert latency_summary(xs) == {"p50": 50.0, "p99": 99.0, "max": 100.0, "n": 100}
+
+
+def test_summary_pools_request_latencies_over_runs() -> None:
+    runs = [{"seed": 1, "kills": [], "latencies": [0.1, 0.2]}, {"seed": 2, "kills": [], "latencies": [9.0]}]
+    out = summarize(runs, [1, 2], {})
+    assert out["request_latency_s"] == {"p50": 0.2, "p99": 9.0, "max": 9.0, "n": 3}
+    assert all("latencies" not in r for r in out["per_run"])  # the raw list is not printed
 
 
 def test_worker_env_takes_only_genrec_settings() -> None:
