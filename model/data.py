@@ -18,7 +18,7 @@ from model.tokens import Action
 if TYPE_CHECKING:
     from model.queries import ItemMeta
 
-DATASETS = ("ml-100k", "ml-1m", "amazon", "amazon-beauty", "amazon-sports", "synthetic")
+DATASETS = ("ml-100k", "ml-1m", "amazon", "amazon-beauty", "amazon-sports", "synthetic", "interactions")
 
 
 @dataclass
@@ -33,6 +33,8 @@ class SequenceDataset:
     has_feedback: bool
     # Synthetic data carries its own item metadata (title, genres); real sets read theirs from disk.
     synthetic_meta: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    # What a loader of user files found (model/interactions.py: rows, duplicates dropped, timestamp unit).
+    load_report: dict[str, object] = field(default_factory=dict)
 
     @property
     def num_items(self) -> int:
@@ -51,7 +53,7 @@ class SequenceDataset:
 
     def summary(self) -> dict[str, object]:
         return {"dataset": self.name, "users": self.num_users, "items": self.num_items, "events": self.num_events,
-                "has_time": self.has_time, "has_feedback": self.has_feedback}
+                "has_time": self.has_time, "has_feedback": self.has_feedback, **self.load_report}
 
 
 def _vocab(raw_items: np.ndarray) -> tuple[list[str], dict[str, int]]:
@@ -187,6 +189,10 @@ def load_dataset(name: str, data_dir: Path | str | None = None) -> SequenceDatas
     if data_dir is None:
         raise ValueError(f"dataset {name!r} needs --data-dir")
     data_dir = Path(data_dir)
+    if name == "interactions":
+        from model.interactions import load_interactions
+
+        return load_interactions(data_dir)
     if name == "ml-100k":
         return load_ml100k(data_dir)
     if name == "ml-1m":
@@ -228,6 +234,11 @@ def load_item_meta(ds: SequenceDataset, data_dir: Path | str | None) -> dict[str
     if data_dir is None:
         return {}
     data_dir = Path(data_dir)
+    if ds.name == "interactions":
+        from model.interactions import read_items_csv
+
+        items_csv = data_dir / "items.csv"
+        return read_items_csv(items_csv) if items_csv.is_file() else {}
     candidates = {
         "ml-100k": (_dir(data_dir, "ml-100k") / "u.item", movielens_item_meta),
         "ml-1m": (_dir(data_dir, "ml-1m") / "movies.dat", movielens_1m_item_meta),

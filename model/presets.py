@@ -41,6 +41,14 @@ PRESETS: dict[str, RunConfig] = {
         train={"epochs": 8, "batch_size": 32, "lr": 2e-3, "patience": 3, "uniform_negatives": 128,
                "inbatch_negatives": 64},
     ),
+    # Your own data (model/interactions.py): the ML-100K/Amazon architecture with the next-item ranker, and sampled
+    # negatives, which work at any catalogue size (the exact softmax, {"train": {"negatives": "full"}}, measured
+    # better on the built-in sets of up to ~12k items). Early stopping on validation decides the epochs.
+    "interactions": RunConfig(
+        model={"d_model": 64, "n_layers": 2, "n_heads": 2, "dropout": 0.2, "max_events": 200, "rank_task": "next",
+               "rank_retrieval_feature": True, "rank_item_bias": True},
+        train={"epochs": 60, "batch_size": 128, "lr": 1e-3, "patience": 8, "min_epochs": 10},
+    ),
 }
 PRESETS["amazon"] = PRESETS["amazon-beauty"]
 PRESETS["amazon-sports"] = PRESETS["amazon-beauty"]

@@ -60,15 +60,17 @@ _WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 @dataclass(frozen=True)
 class ItemMeta:
-    """What a data set says about an item. MovieLens: title (with year) and genres; Amazon: attributes."""
+    """What a data set says about an item. MovieLens: title (with year) and genres; Amazon: attributes; your own
+    items.csv (model/interactions.py): title, categories (as genres) and a free text."""
 
     title: str = ""
     genres: tuple[str, ...] = ()
     attributes: tuple[int, ...] = ()
+    text: str = ""
 
     @property
     def empty(self) -> bool:
-        return not (self.title or self.genres or self.attributes)
+        return not (self.title or self.genres or self.attributes or self.text)
 
 
 # ------------------------------------------------------------------------------------------------ titles
@@ -252,7 +254,8 @@ def make_query(
 
 
 def item_text(meta: ItemMeta) -> str:
-    """The text embedded for an item: "Title (year). Genres: A, B", or its attribute tokens; "" if none."""
+    """The text embedded for an item: "Title (year). Genres: A, B", or its attribute tokens, then its free text (an
+    items.csv `text`); "" if none."""
     parts: list[str] = []
     if meta.title:
         parts.append(display_title(meta.title) + ".")
@@ -260,4 +263,6 @@ def item_text(meta: ItemMeta) -> str:
         parts.append("Genres: " + ", ".join(meta.genres))
     if meta.attributes:
         parts.append(" ".join(attribute_token(a) for a in meta.attributes))
+    if meta.text:
+        parts.append(meta.text)
     return " ".join(parts)

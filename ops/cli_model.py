@@ -9,8 +9,37 @@ from typing import Annotated, Any
 
 import typer
 
-DatasetOpt = Annotated[str, typer.Option("--dataset", help="ml-100k | ml-1m | amazon | amazon-beauty | synthetic")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="folder holding the data set (../shared/data)")]
+DatasetOpt = Annotated[str, typer.Option(
+    "--dataset", help="ml-100k | ml-1m | amazon | amazon-beauty | synthetic | interactions (your own "
+    "DIR/interactions.csv or .parquet [+ items.csv], model/interactions.py)")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", help="folder holding the data set (../shared/data; interactions: the folder of interactions.csv)")]
+
+
+def load_data(dataset: str, data_dir: Path | None) -> Any:
+    """The data set, or a usage error naming what is wrong with the user's own files (no traceback)."""
+    from model.data import load_dataset
+    from model.interactions import InteractionsError
+
+    try:
+        ds = load_dataset(dataset, data_dir)
+    except (InteractionsError, FileNotFoundError) as exc:
+        if dataset != "interactions":
+            raise
+        raise typer.BadParameter(str(exc), param_hint="--data-dir") from exc
+    unit = ds.load_report.get("timestamp_unit")
+    if unit:
+        typer.echo(f"{ds.load_report['file']}: {ds.load_report['rows']} rows, {ds.load_report['duplicates_dropped']}"
+                   f" exact duplicates dropped; timestamps read as epoch {unit}", err=True)
+    return ds
+
+
+def popular_figures(ds: Any, split: str, exclude_seen: bool) -> dict[str, float]:
+    """The most-popular baseline (model/baselines.py) under the model's own protocol: its floor, as popular_*."""
+    from model.baselines import evaluate_popularity
+
+    pop = evaluate_popularity(ds, split, exclude_seen=exclude_seen)
+    return {f"popular_{k}": pop[k] for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")}
 
 
 def load_run_config(dataset: str, config: Path | None, epochs: int | None, overrides: dict[str, Any]) -> Any:
@@ -64,7 +93,7 @@ def train(
 ) -> None:
     """Train on the leave-one-out training part, early-stop on validation, evaluate on test, save."""
     from model.checkpoint import save_checkpoint
-    from model.data import load_dataset, train_popularity
+    from model.data import train_popularity
     from model.train import fit_and_test, refit_schedule
 
     flags: dict[str, Any] = {"task": task, "enhancer.enabled": enhancer, "weighter.mode": weighting,
@@ -78,7 +107,7 @@ def train(
         if epochs is not None:
             raise typer.BadParameter("--refit-from sets the epochs (the validated run's best epoch); drop --epochs")
     run = load_run_config(dataset, config, epochs, flags)
-    ds = load_dataset(dataset, data_dir)
+    ds = load_data(dataset, data_dir)
     model_over = dict(run.model)
     if time_rope is not None:
         model_over["time_rope"] = time_rope
@@ -110,8 +139,11 @@ def train(
                "train_tokens_per_s": result.tokens_per_s, "history": result.history}
     path = save_checkpoint(out, result.model, ds.item_ids, dataset=ds.name, train_config=run.train.model_dump(),
                            metrics=metrics, extra_meta=popularity)
-    typer.echo(json.dumps({"checkpoint": str(path), "test": test, "best_epoch": result.best_epoch,
-                           "train_seconds": round(result.train_seconds, 1)}))
+    out_json: dict[str, Any] = {"checkpoint": str(path), "test": test, "best_epoch": result.best_epoch,
+                                "train_seconds": round(result.train_seconds, 1)}
+    if ds.load_report:
+        out_json["data"] = ds.summary()  # the user's file: rows, duplicates dropped, the timestamp unit found
+    typer.echo(json.dumps(out_json))
 
 
 def eval_cmd(
@@ -127,13 +159,12 @@ def eval_cmd(
 ) -> None:
     """Evaluate a checkpoint with the papers' protocol (leave-one-out, full ranking)."""
     from model.checkpoint import load_checkpoint
-    from model.data import load_dataset
     from model.evaluate import evaluate
 
     ckpt = load_checkpoint(checkpoint)
     if split == "valid" and ckpt.meta.get("train", {}).get("refit"):
         raise typer.BadParameter(f"{checkpoint} is a refit: it trained on the validation targets; evaluate on test")
-    ds = load_dataset(dataset, data_dir)
+    ds = load_data(dataset, data_dir)
     if ds.item_ids != ckpt.item_ids:
         raise typer.BadParameter(f"checkpoint {checkpoint} was trained on another item vocabulary than {dataset}")
     search_data = None
@@ -144,11 +175,16 @@ def eval_cmd(
         search_data = search_data_for(ds, data_dir, ckpt.meta.get("text_encoder", "minilm"), sc.get("share", 0.2),
                                       sc.get("noise", 0.2), sc.get("seed", 0), cache_dir=checkpoint)
     metrics = evaluate(ckpt.model, ds, split, search=search_data, exclude_seen=exclude_seen)
+    # Every figure with its floor beside it: the same users, split and seen-item rule (model/baselines.py).
+    metrics.update(popular_figures(ds, split, exclude_seen))
     if as_json:
-        sys.stdout.write(json.dumps({k: round(v, 6) for k, v in metrics.items()}) + "\n")
+        out: dict[str, Any] = {k: round(v, 6) for k, v in metrics.items()}
+        if "timestamp_unit" in ds.load_report:
+            out["timestamp_unit"] = ds.load_report["timestamp_unit"]
+        sys.stdout.write(json.dumps(out) + "\n")
     else:
         for k, v in metrics.items():
-            typer.echo(f"{k:>12}  {v:.4f}")
+            typer.echo(f"{k:>16}  {v:.4f}")
 
 
 def recommend(
@@ -162,11 +198,10 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recommend for users of a data set, their full history as context (serving path)."""
-    from model.data import load_dataset
     from model.serving import Recommender, item_titles
 
     rec = Recommender.from_checkpoint(checkpoint)
-    ds = load_dataset(dataset, data_dir)
+    ds = load_data(dataset, data_dir)
     titles = item_titles(ds, data_dir)
     index = {u: i for i, u in enumerate(ds.user_ids)}
     missing = [u for u in user if u not in index]
