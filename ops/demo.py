@@ -409,6 +409,8 @@ def _load_data(opts: DemoOptions) -> tuple[Any, str, bool]:
     try:
         return load_dataset(opts.dataset, opts.data_dir), opts.dataset, True
     except (FileNotFoundError, OSError, ValueError) as exc:
+        if opts.dataset == "interactions":  # the user's own files: what is wrong with them, never made-up data
+            raise DemoError(f"your interactions data cannot be read: {exc}") from exc
         if opts.checkpoint is not None:
             raise DemoError(f"the checkpoint was trained on {opts.dataset}, which cannot be read: {exc}") from exc
         where = opts.data_dir / opts.dataset if opts.data_dir else "(no --data-dir)"
@@ -444,6 +446,10 @@ def run_demo(opts: DemoOptions) -> int:
         ds, dataset, real = _load_data(opts)
         say(f"data: {dataset} — {ds.num_users} users, {ds.num_items} items, {ds.num_events} events"
             + ("" if real else " (generated)"))
+        if ds.load_report:
+            say(f"      {ds.load_report['file']}: {ds.load_report['rows']} rows, "
+                f"{ds.load_report['duplicates_dropped']} exact duplicates dropped, timestamps read as epoch "
+                f"{ds.load_report['timestamp_unit']}")
 
         # 1. broker and topics
         broker = EmbeddedBroker(log_path=work / "broker.log").start()
@@ -614,9 +620,12 @@ def _print_log_tail(path: Path, n: int = 30) -> None:
 
 def demo(
     data_dir: Path | None = typer.Option(
-        DEFAULT_DATA_DIR, "--data-dir", envvar="GENREC_DATA_DIR", help="Folder holding ml-100k/ (read in place)."
+        DEFAULT_DATA_DIR, "--data-dir", envvar="GENREC_DATA_DIR",
+        help="Folder holding ml-100k/, or your interactions.csv (read in place)."
     ),
-    dataset: str = typer.Option("ml-100k", "--dataset", help="ml-100k (falls back to synthetic if absent) | synthetic"),
+    dataset: str = typer.Option(
+        "ml-100k", "--dataset", help="ml-100k (falls back to synthetic if absent) | synthetic | interactions (your own "
+        "--data-dir DIR/interactions.csv, README 'Your own data')"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Serve this model instead of training one."),
     epochs: int = typer.Option(DEFAULT_EPOCHS, "--epochs", min=1, help="Epochs of the demo training."),
     events: int = typer.Option(3000, "--events", min=1, help="Events replayed (the first N in time order)."),
