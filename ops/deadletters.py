@@ -22,7 +22,6 @@ record failing again, say) wait for the next run.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -76,46 +75,13 @@ def default_group(reason: str) -> str:
 
 async def _read(consumer: Any, topic: str, start: dict[Any, int] | None, timeout_s: float,
                 idle_s: float) -> tuple[list[Letter], dict[Any, int]]:
-    """Records of `topic` from `start` (None: the beginning) up to the end offsets seen now.
+    """Records of `topic` from `start` (None: the beginning) up to the end offsets seen now
+    (`ops.kafka_clients.read_to_end`), as letters in (partition, offset) order, and each partition's position
+    after the read (the next offset to read: what a cursor commits)."""
+    from ops.kafka_clients import read_to_end
 
-    Returns the letters in (partition, offset) order and each partition's position after the read (the next
-    offset to read: what a cursor commits). Tansu's end offsets can run past the last record under batched
-    produce (design notes in ops/kafka_clients.py), so a read also ends after `idle_s` without records.
-    """
-    from aiokafka import TopicPartition
-
-    await consumer.topics()
-    parts = sorted(consumer.partitions_for_topic(topic) or set())
-    tps = [TopicPartition(topic, p) for p in parts]
-    if not tps:
-        return [], {}
-    consumer.assign(tps)
-    for tp in tps:
-        offset = (start or {}).get(tp)
-        if offset is None:
-            await consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, offset)
-    ends = await consumer.end_offsets(tps)
-    out: list[Letter] = []
-    loop = asyncio.get_running_loop()
-    t_end = loop.time() + timeout_s
-    last_record = loop.time()
-    positions = {tp: await consumer.position(tp) for tp in tps}
-    while loop.time() < t_end and any(positions[tp] < ends[tp] for tp in tps):
-        got = await consumer.getmany(*[tp for tp in tps if positions[tp] < ends[tp]], timeout_ms=200)
-        for tp, msgs in got.items():
-            for m in msgs:
-                if m.offset >= ends[tp]:
-                    continue  # arrived after the start: the next run's
-                out.append(_letter(m))
-                positions[tp] = m.offset + 1
-        if got:
-            last_record = loop.time()
-        elif loop.time() - last_record > idle_s:
-            break
-    # Where each partition's read ended; never past the start's end offsets (records beyond are the next run's).
-    final = {tp: min(positions[tp], ends[tp]) for tp in tps}
+    records, final = await read_to_end(consumer, topic, start, timeout_s=timeout_s, idle_s=idle_s)
+    out = [_letter(m) for m in records]
     out.sort(key=lambda x: (x.partition, x.offset))
     return out, final
 

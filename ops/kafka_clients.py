@@ -275,3 +275,47 @@ async def wait_for_kafka(
         except (OSError, TimeoutError, KafkaError) as exc:
             last_error = exc
         await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
+
+
+async def read_to_end(consumer: AIOKafkaConsumer, topic: str, start: Mapping[Any, int] | None = None, *,
+                      timeout_s: float = 60.0, idle_s: float = 2.0) -> tuple[list[Any], dict[Any, int]]:
+    """Every record of `topic` from `start` (TopicPartition → offset; None or missing: the beginning) up to the end
+    offsets seen at the start, read by an assigned started consumer without a group.
+
+    Returns the records (each partition's in offset order, partitions one after another as fetched) and each
+    partition's position after the read (the next offset to read, never past the start's end offsets: records
+    beyond are a later read's). Tansu's end offsets can run past the last record under batched produce (module
+    docstring), so a read also ends after `idle_s` without records, and at `timeout_s` in any case.
+    """
+    from aiokafka import TopicPartition
+
+    await consumer.topics()
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or set())]
+    if not tps:
+        return [], {}
+    consumer.assign(tps)
+    for tp in tps:
+        offset = (start or {}).get(tp)
+        if offset is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, offset)
+    ends = await consumer.end_offsets(tps)
+    out: list[Any] = []
+    loop = asyncio.get_running_loop()
+    t_end = loop.time() + timeout_s
+    last_record = loop.time()
+    positions = {tp: await consumer.position(tp) for tp in tps}
+    while loop.time() < t_end and any(positions[tp] < ends[tp] for tp in tps):
+        got = await consumer.getmany(*[tp for tp in tps if positions[tp] < ends[tp]], timeout_ms=200)
+        for tp, msgs in got.items():
+            for m in msgs:
+                if m.offset >= ends[tp]:
+                    continue  # arrived after the start: a later read's
+                out.append(m)
+                positions[tp] = m.offset + 1
+        if got:
+            last_record = loop.time()
+        elif loop.time() - last_record > idle_s:
+            break
+    return out, {tp: min(positions[tp], ends[tp]) for tp in tps}
