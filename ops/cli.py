@@ -60,6 +60,9 @@ def _register() -> None:
     from ops import bench_chaos
 
     bench_chaos.register(app, bench_app)
+    from ops import export_events
+
+    export_events.register(app, bench_app)
 
 
 def main() -> None:
