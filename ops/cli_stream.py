@@ -86,7 +86,8 @@ def worker(
 
 def replay(
     bootstrap: str = _bootstrap_option(),
-    dataset: str = typer.Option("ml-100k", "--dataset", help="ml-100k | ml-1m | amazon-beauty | synthetic …"),
+    dataset: str = typer.Option("ml-100k", "--dataset",
+                                help="ml-100k | ml-1m | amazon-beauty | synthetic | interactions (your own) …"),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding the data set files."),
     rate: float = typer.Option(500.0, "--rate", help="Messages per second (0 = as fast as possible)."),
     limit: int | None = typer.Option(None, "--limit", help="Replay only the first N events (time order)."),
