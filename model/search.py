@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from model.data import SequenceDataset, split_lengths
-from model.queries import ItemMeta, item_text, make_query
+from model.queries import MOVIELENS_GENRES, ItemMeta, item_text, make_query
 from model.text import TextEncoder
 
 
@@ -52,6 +52,9 @@ def build_search_data(ds: SequenceDataset, meta: dict[str, ItemMeta], encoder: T
     if not meta:
         raise ValueError(f"{ds.name}: no item metadata to build queries from")
     metas = [meta.get(raw, ItemMeta()) for raw in ds.item_ids]
+    # A noisy query's wrong word is another category of the same catalogue: your own items.csv's categories, not
+    # MovieLens genres (kept for the built-in sets, whose generated queries the benchmarks fixed).
+    genre_vocab = sorted({g for m in metas for g in m.genres}) if ds.name == "interactions" else MOVIELENS_GENRES
     rng_train = np.random.default_rng(seed)
     rng_eval = np.random.default_rng(seed + 1)
     train_lengths = split_lengths(ds, "train")
@@ -62,10 +65,10 @@ def build_search_data(ds: SequenceDataset, meta: dict[str, ItemMeta], encoder: T
         n_train = int(train_lengths[u])
         for j in np.flatnonzero(rng_train.random(n_train) < share):
             train_slots.append((u, int(j)))
-            train_texts.append(make_query(metas[items[j] - 1], rng_train, noise))
+            train_texts.append(make_query(metas[items[j] - 1], rng_train, noise, genre_vocab))
         for j in (len(items) - 2, len(items) - 1):
             eval_slots.append((u, j))
-            eval_texts.append(make_query(metas[items[j] - 1], rng_eval, noise))
+            eval_texts.append(make_query(metas[items[j] - 1], rng_eval, noise, genre_vocab))
     texts, rows = _rows(train_texts)
     t_texts, t_rows = _rows(eval_texts)
     event_queries = [np.full(len(x), -1, np.int32) for x in ds.items]

@@ -180,3 +180,15 @@ def test_the_built_dataset_matches_the_leave_one_out_split(tmp_path: Path) -> No
     ds = load_interactions(tmp_path)
     assert ds.num_users == 6 and ds.num_events == 30 and all(len(x) == 5 for x in ds.items)
     assert ds.summary()["timestamp_unit"] == "seconds" and ds.has_time
+
+
+def test_search_queries_come_from_items_csv_and_their_noise_from_its_own_categories(tmp_path: Path) -> None:
+    from model.search import search_data_for
+
+    rows = [(f"u{u}", f"s{(u + k) % 6}", 1_650_000_000 + k, "click", None) for u in range(8) for k in range(6)]
+    write_interactions_csv(tmp_path / "interactions.csv", rows)
+    _write(tmp_path, "item_id,title,categories\n" + "".join(
+        f"s{k},Bar {k},{'Soap' if k % 2 else 'Hair'}|{'Face' if k % 3 else 'Body'}\n" for k in range(6)), "items.csv")
+    search = search_data_for(load_interactions(tmp_path), tmp_path, "hashed", share=1.0, noise=1.0)
+    words = {w for t in (*search.texts, *search.target_texts) for w in t.split()}
+    assert words and words <= {"soap", "hair", "face", "body", "bar", *(str(k) for k in range(6))}
