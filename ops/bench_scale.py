@@ -203,6 +203,7 @@ def _failover(
     seconds: float,
     kill_after: float,
     say: Any,
+    restart: bool = False,
 ) -> dict[str, Any]:
     victim = sorted(set(owner.values()))[0]
     victim_parts = sorted(p for p, n in owner.items() if n == victim)
@@ -227,9 +228,14 @@ def _failover(
         await asyncio.sleep(kill_after)
         await asyncio.to_thread(cluster.kill, victim)
         kill_at[0] = time.monotonic()
+        if restart:
+            # A supervisor's restart at once on the same state folder, under a new name so that its answers count
+            # as a new owner's: it takes the killed member out of the group first (streams/group_handoff.py).
+            cluster.start(f"{victim}-restarted", state_dir=cluster.replicas[victim].state_dir)
         await load
 
-    say(f"failover: {rate:g} req/s for {seconds:g}s, SIGKILL {victim} (partitions {victim_parts}) at {kill_after:g}s")
+    say(f"failover: {rate:g} req/s for {seconds:g}s, SIGKILL {victim} (partitions {victim_parts}) at {kill_after:g}s"
+        + (", restarted at once" if restart else ""))
     asyncio.run(main())
     rep = run.report()
     taken = sorted(
@@ -249,6 +255,7 @@ def _failover(
         "rate": rate,
         "seconds": seconds,
         "kill_after_s": kill_after,
+        "restarted": restart,
         "sent": rep["sent"],
         "answered": rep["answered"],
         "lost": rep["lost"],
@@ -279,6 +286,7 @@ def run_bench_scale(
     failover_rate: float = 30.0,
     failover_seconds: float = 40.0,
     kill_after: float = 10.0,
+    failover_restart: bool = False,
     log: Any = None,
 ) -> dict[str, Any]:
     import json
@@ -304,7 +312,8 @@ def run_bench_scale(
             for n in replicas:
                 fo = None
                 if failover and n == max(replicas) and n >= 2:
-                    fo = {"rate": failover_rate, "seconds": failover_seconds, "kill_after": kill_after}
+                    fo = {"rate": failover_rate, "seconds": failover_seconds, "kill_after": kill_after,
+                          "restart": failover_restart}
                 steps.append(
                     _step(
                         broker.bootstrap,

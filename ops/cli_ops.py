@@ -85,6 +85,10 @@ def bench_scale(
     failover_rate: float = typer.Option(30.0, "--failover-rate", help="Requests/s during the failover."),
     failover_seconds: float = typer.Option(40.0, "--failover-seconds", help="Seconds of load in the failover."),
     kill_after: float = typer.Option(10.0, "--kill-after", help="Seconds into the failover load to SIGKILL."),
+    failover_restart: bool = typer.Option(
+        False, "--failover-restart/--no-failover-restart",
+        help="Restart the killed replica at once on its state folder (a supervisor's restart).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object last on stdout."),
     update_benchmarks: bool = typer.Option(False, "--update-benchmarks", help="Write the BENCHMARKS.md section."),
 ) -> None:
@@ -110,6 +114,7 @@ def bench_scale(
         failover_rate=failover_rate,
         failover_seconds=failover_seconds,
         kill_after=kill_after,
+        failover_restart=failover_restart,
     )
     if update_benchmarks:
         command = "genrec bench scale " + shlex.join(a for a in sys.argv[3:] if a != "--update-benchmarks")

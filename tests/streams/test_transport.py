@@ -215,3 +215,26 @@ async def test_no_offset_is_committed_over_a_refused_changelog_send(monkeypatch,
     assert await consumer._commit_offsets({tp: 6}) is False
     assert committed == [{tp: 4}] and len(crashed) == 1
     assert (tmp_path / UNCONFIRMED_MARKER).exists()
+
+
+def test_table_manager_start_is_fausts_without_the_one_second_sleep() -> None:
+    """streams/transport.py's _TableManager.on_start re-states Faust's without its fixed 1 s sleep (a second of
+    every restart). If a Faust upgrade adds a step there, this says so before a restart silently skips it."""
+    import inspect
+
+    from faust.tables import TableManager
+
+    from streams.transport import _TableManager
+
+    def body(fn: object) -> list[str]:
+        lines = [ln.strip() for ln in inspect.getsource(fn).splitlines()[1:]]  # type: ignore[arg-type]
+        return [ln for ln in lines if ln and not ln.startswith(("#", '"""'))]
+
+    theirs = body(TableManager.on_start)
+    assert theirs == [
+        "await self.sleep(1.0)",
+        "if not self.should_stop:",
+        "await self._update_channels()",
+        "await self.recovery.start()",
+    ], theirs
+    assert body(_TableManager.on_start) == theirs[1:]
