@@ -63,6 +63,9 @@ def _register() -> None:
     from ops import export_events
 
     export_events.register(app, bench_app)
+    from ops import cli_schemas
+
+    cli_schemas.register(app, bench_app)
 
 
 def main() -> None:

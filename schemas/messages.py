@@ -414,3 +414,21 @@ ALL_MESSAGES: dict[str, type[_Message]] = {
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema (draft 2020-12) of every message, for producers in other languages."""
     return {name: m.model_json_schema() for name, m in ALL_MESSAGES.items()}
+
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+JSON_SCHEMA_SUFFIX = ".schema.json"
+
+
+def json_schema_files() -> dict[str, str]:
+    """`{file name: text}` written by `genrec schemas export` and committed under schemas/json/.
+
+    The text is deterministic (sorted keys, fixed indent, trailing newline) so that the committed copies can be
+    compared byte for byte with what the models produce now (tests/schemas/test_json_export.py), and `$schema`
+    names the dialect, which validators in other languages need to pick their draft.
+    """
+    return {
+        f"{name}{JSON_SCHEMA_SUFFIX}": json.dumps({"$schema": JSON_SCHEMA_DIALECT, **schema}, indent=2,
+                                                   sort_keys=True, ensure_ascii=False) + "\n"
+        for name, schema in json_schemas().items()
+    }
