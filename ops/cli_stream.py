@@ -32,7 +32,9 @@ def worker(
     # The old names of --state-dir, refused rather than aliased: everywhere else --data-dir is the data set
     # folder, and a worker pointed at one wrote its RocksDB files into it (issue 19).
     legacy_state_dir: Path | None = typer.Option(None, "--datadir", "--data-dir", hidden=True),
-    web_port: int | None = typer.Option(None, "--web-port", help="Port of /health, /ready, /metrics."),
+    web_port: str | None = typer.Option(None, "--web-port",
+                                        help="Port of /health, /ready, /metrics (default 6066); 0 or auto: a free "
+                                             "one, logged as `web port: N` and written to STATE_DIR/web-port."),
     app_id: str | None = typer.Option(None, "--app-id", help="Faust app id = consumer group (default genrec)."),
     worker_id: str | None = typer.Option(None, "--worker-id", help="Name written into each result."),
     partitions: int | None = typer.Option(None, "--partitions", help="Partitions of new topics."),

@@ -105,6 +105,8 @@ class StreamSettings(BaseSettings):
     follow_models: bool = True
     model_poll_s: float = Field(default=0.5, gt=0, le=60)
     log_level: str = "info"
+    # json: one JSON object per log line (time, level, logger, message, process, worker_id; streams/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     # Topics (design.md §3).
     events_topic: str = "genrec.events"
@@ -142,6 +144,7 @@ class StreamSettings(BaseSettings):
     max_ahead_s: float = Field(default=86_400.0, gt=0, description="allowed clock skew of producers, seconds")
 
     # Faust web.
+    # 0 (or "auto"): a free port, logged as `web port: N` and written to STATE_DIR/web-port (streams/web_port.py).
     web_port: int = Field(default=6066, ge=0, le=65_535)
     web_bind: str = "0.0.0.0"
     web_enabled: bool = True
@@ -171,6 +174,11 @@ class StreamSettings(BaseSettings):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @field_validator("web_port", mode="before")
+    @classmethod
+    def _auto_web_port(cls, v: Any) -> Any:
+        return 0 if isinstance(v, str) and v.strip().lower() == "auto" else v
 
     @field_validator("state_dir")
     @classmethod

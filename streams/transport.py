@@ -23,6 +23,7 @@ so a low value costs nothing there but a few more empty fetches.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -307,6 +308,9 @@ class GenrecFaustApp(faust.App):
     (`first_services`) start before Faust's producer/consumer/agents and stop after them."""
 
     fetch_max_wait_ms: int | None = None
+    # A listening socket for the web server, claimed before the app starts (streams/web_port.py); None: Faust
+    # binds conf.web_port itself.
+    web_socket: socket.socket | None = None
 
     def __init__(self, *args: Any, fetch_max_wait_ms: int | None = None, **kwargs: Any) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
@@ -353,6 +357,16 @@ class GenrecFaustApp(faust.App):
             production_blueprints: ClassVar[list[Any]] = []
             debug_blueprints: ClassVar[list[Any]] = []
             optional_blueprints: ClassVar[list[Any]] = []
+
+            def _new_transport_tcp(self) -> Any:
+                # The socket `genrec worker` claimed before Faust started (streams/web_port.py): serve on it as
+                # bound, so that a port picked with --web-port 0 is the one logged.
+                sock = self.app.web_socket
+                if sock is None:
+                    return super()._new_transport_tcp()
+                from aiohttp.web import SockSite
+
+                return SockSite(self._runner, sock, ssl_context=self.app.conf.web_ssl_context)
 
         return _OwnPagesOnly(self)
 

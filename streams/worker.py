@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Any
 
-from streams import group_handoff
+from streams import group_handoff, logs, web_port
 from streams.settings import StreamSettings
 
 log = logging.getLogger("genrec.worker")
@@ -63,9 +63,18 @@ def run_worker(settings: StreamSettings) -> int:
     if not settings.checkpoint.exists():
         print(f"genrec worker: checkpoint {settings.checkpoint} does not exist", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s"
-    )
+    logging_config = logs.setup_logging(settings)
+    # Before anything slow (Kafka, the model): a taken port is one line naming --web-port, not a traceback.
+    web_socket = None
+    if settings.web_enabled:
+        try:
+            web_socket = web_port.claim_web_port(settings.web_bind, settings.web_port)
+        except web_port.WebPortError as exc:
+            print(f"genrec worker: {exc}", file=sys.stderr)
+            return 2
+        settings = settings.model_copy(update={"web_port": web_port.bound_port(web_socket)})
+        web_port.write_port_file(settings.state_dir, settings.web_port)
+        log.info("web port: %d", settings.web_port)
     settings = resolve_partitions(settings)
     log.info("settings: %s", settings.safe_dump())
 
@@ -82,13 +91,15 @@ def run_worker(settings: StreamSettings) -> int:
     # Before Faust joins: take this state folder's previous (killed) member out of the group, so that the
     # coordinator does not hold the join for it (streams/group_handoff.py).
     app = worker.app
+    app.web_socket = web_socket
     if app.member_file_dir is not None:
         asyncio.run(
             group_handoff.leave_previous(
                 settings.bootstrap_servers, app.conf.id, app.member_file_dir, settings.aiokafka_security()
             )
         )
-    runner = faust.Worker(worker.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    runner = faust.Worker(worker.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
+                          logging_config=logging_config)
     try:
         runner.execute_from_commandline()
     except SystemExit as exc:
