@@ -42,7 +42,7 @@ from streams.handlers import (
     RequestHandler,
     dead_letter_poison,
 )
-from streams.metrics import CONTENT_TYPE, WorkerMetrics
+from streams.metrics import CONTENT_TYPE, WorkerMetrics, install_faust_sensors
 from streams.models import ModelFollower, ModelsTopicTable
 from streams.serving import InferenceRunner, RecommenderLike, load_recommender
 from streams.settings import StreamSettings
@@ -238,6 +238,8 @@ class GenrecWorker:
         app.agent(self.requests_topic, name="genrec.infer")(self._infer_agent)
         self.follower = self._follow_models() if s.follow_models and s.model_store is not None else None
         self.metrics.add_lag_source(self._lag)
+        self.metrics.add_inference_process(self._inference_pid)
+        install_faust_sensors(app, self.metrics.registry)
         self._pages()
 
         recovery_watch.install(app, s.recovery_stall_s, self.metrics.recovery_stalls.inc)
@@ -442,6 +444,10 @@ class GenrecWorker:
                 parts.sort()
                 self.metrics.assigned_partitions.labels(topic=topic, kind=kind).set(len(parts))
         return out
+
+    def _inference_pid(self) -> int | None:
+        """The inference child's PID, or None (model not loaded yet, or running on a thread of this process)."""
+        return getattr(self.model.runner, "pid", None)
 
     def _lag(self) -> Iterable[tuple[str, int, int]]:
         mon = self.app.monitor

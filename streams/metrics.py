@@ -5,10 +5,13 @@ Rates (events/s, requests/s) are `rate()` of the counters; lag is computed at sc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 # aiohttp wants the charset outside content_type; the exposition format is ASCII anyway.
@@ -53,9 +56,54 @@ class _LagCollector(Collector):
         yield g
 
 
+# Faust's own sensors (messages in and out, per-stream events, table operations, send/commit/rebalance latencies)
+# are exported under this prefix, the same for every role and app id, so that one dashboard query fits all.
+FAUST_PREFIX = "faust"
+
+
+class _ChildProcessCollector(Collector):
+    """CPU and memory of a child process (the inference child), read by PID from /proc at scrape time.
+
+    prometheus_client's ProcessCollector does the reading (the same numbers as the worker's own `process_*`);
+    this only skips the scrape while there is no child (the model not loaded yet, or on a thread), instead of
+    reporting a process that does not exist. A restarted child is a new PID: its CPU counter starts again at
+    zero, which `rate()` reads as a counter reset.
+    """
+
+    def __init__(self, namespace: str, pid: Callable[[], int | None]) -> None:
+        self._pid = pid
+        self._current: int | None = None
+        self._inner = ProcessCollector(namespace=namespace, pid=lambda: self._current or "self", registry=None)
+
+    def collect(self) -> Iterable[Metric]:
+        pid = self._pid()
+        if pid is None:
+            return []
+        self._current = pid
+        return self._inner.collect()
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # names known only once a child runs; nothing else on the registry shares them
+
+
+def install_faust_sensors(app: Any, registry: CollectorRegistry) -> None:
+    """Faust's Prometheus sensors (faust.sensors.prometheus) on `registry`, served by our own /metrics.
+
+    faust's `setup_prometheus_sensors` would also add a second /metrics page and default to the global registry;
+    only its metrics and its monitor are taken. PrometheusMonitor is a Monitor, so the offsets the lag gauge
+    reads (tp_read_offsets, tp_end_offsets) are kept as before. Call before the app starts: Faust registers the
+    monitor as a sensor then.
+    """
+    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+
+    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, FAUST_PREFIX))
+
+
 class WorkerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # CPU, memory, open files and start time of this process (`process_*`, as on the default registry).
+        ProcessCollector(registry=r)
         self.events = Counter(
             "genrec_events", "Events consumed, by outcome", ["outcome"], registry=r
         )  # appended | duplicate | query | dead_letter
@@ -95,6 +143,13 @@ class WorkerMetrics:
         self.model_swaps = Counter(
             "genrec_model_swaps", "Published model versions swapped in or refused", ["outcome"], registry=r
         )  # swapped | refused
+        for outcome in ("swapped", "refused"):  # exported at 0 from the start, so increase() sees the first one
+            self.model_swaps.labels(outcome=outcome)
+        self.model_loaded_at = Gauge(
+            "genrec_model_loaded_timestamp_seconds",
+            "Unix time the serving model was loaded here (at start, or swapped in)",
+            registry=r,
+        )
         self.assigned_partitions = Gauge(
             "genrec_assigned_partitions", "Partitions assigned to this replica", ["topic", "kind"], registry=r
         )  # kind: active (served here) | standby (a warm copy of another replica's table)
@@ -106,6 +161,11 @@ class WorkerMetrics:
     def set_model_version(self, version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(version=version).set(1)
+        self.model_loaded_at.set(time.time())
+
+    def add_inference_process(self, pid: Callable[[], int | None]) -> None:
+        """`genrec_inference_process_*`: CPU and memory of the model's child process (`pid()`: None when none)."""
+        self.registry.register(_ChildProcessCollector("genrec_inference", pid))
 
     def add_lag_source(self, lag: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
         self.registry.register(_LagCollector(lag))

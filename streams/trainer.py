@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from faust.types import EventT, StreamT
 from mode import Service
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.checkpoint import load_checkpoint, resolve_in_store
@@ -36,7 +36,7 @@ from schemas.messages import Event, EventType, ModelVersion, RecResult, decode
 from streams import history_codec, recovery_watch
 from streams.app import KafkaOutput
 from streams.app_builder import build_faust_app, install_pages, raw_topic, state_table
-from streams.metrics import CONTENT_TYPE
+from streams.metrics import CONTENT_TYPE, install_faust_sensors
 from streams.models import MODEL_KEY, ModelsTopicTable, PublishingSwitch, publish_version, version_message
 from streams.settings import StreamSettings
 
@@ -60,6 +60,7 @@ class TrainerSettings(BaseSettings):
 class TrainerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)  # process_*: the trainer's CPU and memory (training runs in this process)
         self.events = Counter("genrec_trainer_events", "Events consumed, by outcome", ["outcome"], registry=r)
         self.results = Counter("genrec_trainer_results", "Served lists consumed", registry=r)
         self.examples = Counter("genrec_trainer_examples", "Examples built, by use", ["use"], registry=r)
@@ -76,6 +77,13 @@ class TrainerMetrics:
                                buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800))
         self.model_info = Gauge("genrec_trainer_model_info", "Version the trainer's reference serves", ["version"],
                                 registry=r)
+        # The gate's figures (model/online.py): a candidate is published only if its NDCG@10 on the held-back
+        # slice is not below the serving model's. Both, so a dashboard shows how close each refusal was.
+        self.holdout_ndcg = Gauge("genrec_trainer_holdout_ndcg",
+                                  "NDCG@10 on the held-back slice at the last gated round, by model",
+                                  ["model"], registry=r)  # candidate | serving
+        self.holdout_examples = Gauge("genrec_trainer_holdout_examples",
+                                      "Held-back examples the last gated round was measured on", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -104,6 +112,7 @@ class GenrecTrainer:
         self.served = state_table(app, "trainer_served", s)
         self.models = ModelsTopicTable(s)
         recovery_watch.install(app, s.recovery_stall_s, self.metrics.recovery_stalls.inc)
+        install_faust_sensors(app, self.metrics.registry)
         # Children stop in reverse order: the training loop stops (and saves) before the producer it publishes with.
         self.loop = _TrainLoop(self)
         app.first_services.extend([self.models, self.loop])
@@ -244,6 +253,10 @@ class GenrecTrainer:
             learner.reject()
         else:
             gate = learner.gate()
+            if gate.candidate:
+                m.holdout_ndcg.labels(model="candidate").set(gate.candidate["ndcg@10"])
+                m.holdout_ndcg.labels(model="serving").set(gate.serving["ndcg@10"])
+                m.holdout_examples.set(gate.n_holdout)
             if gate.accepted:
                 parent = learner.state.serving_version
                 version = f"{self.dataset}-online-s{learner.trainer.state.step:07d}"

@@ -15,7 +15,7 @@ import pytest
 from model.checkpoint import load_checkpoint, version_sha256
 from model.data import synthetic_dataset
 from model.store import ModelStore
-from ops.bench_stream import http_get, start_worker, wait_ready
+from ops.bench_stream import http_get, scrape, start_worker, wait_ready
 from ops.broker import free_port
 from ops.cli_models import read_published
 from ops.replay import dataset_events
@@ -96,6 +96,12 @@ def test_trainer_publishes_a_verified_version_and_resumes_after_restart(
     moved = sum(float((a - b).detach().abs().sum()) for a, b in zip(new.model.parameters(), base.model.parameters(),
                                                            strict=True))
     assert moved > 0  # the published weights learned something
+    # The gate's figures as gauges (issue 20 item 5), next to the trainer process's own CPU and memory.
+    live = scrape(port)
+    assert 0.0 <= live['genrec_trainer_holdout_ndcg{model="candidate"}'] <= 1.0
+    assert 0.0 <= live['genrec_trainer_holdout_ndcg{model="serving"}'] <= 1.0
+    assert live["genrec_trainer_holdout_examples"] >= 5 and live["process_resident_memory_bytes"] > 0
+    assert "faust_messages_received_total" in live
 
     # Restart: the step counter and the weighter state come back from the store (saved on SIGTERM too).
     live_step = _ready_state(port)["step"]
