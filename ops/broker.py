@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 BINARY_ENV = "GENREC_TANSU_BIN"
 STORAGE_URL = "memory://tansu/"
@@ -113,22 +113,24 @@ def terminate_process(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> 
     return int(proc.returncode)
 
 
-class EmbeddedBroker:
-    """One Tansu process on `host:port`, memory storage, logging to a file.
+class BrokerProcess:
+    """What every broker process we launch shares: its PID and log, stop by PID, freeze/thaw, readiness.
 
-    >>> with EmbeddedBroker() as broker:   # doctest: +SKIP
-    ...     run_something(bootstrap=broker.bootstrap)
+    Subclasses (Tansu here, Apache Kafka in ops/kafka_broker.py) supply `start()`, `cluster_id` and `name`;
+    tests and tools drive either through this interface.
     """
+
+    name = "broker"
 
     def __init__(
         self,
-        port: int | None = None,
-        host: str = "127.0.0.1",
+        port: int | None,
+        host: str,
         *,
-        log_path: str | os.PathLike[str] | None = None,
-        ready_timeout_s: float = 30.0,
-        stop_timeout_s: float = 5.0,
-        advertised_host: str | None = None,
+        log_path: str | os.PathLike[str] | None,
+        ready_timeout_s: float,
+        stop_timeout_s: float,
+        advertised_host: str | None,
     ) -> None:
         self.host = host
         # A wildcard listen address is no address to connect to: clients get loopback unless told.
@@ -171,44 +173,14 @@ class EmbeddedBroker:
     def frozen(self) -> bool:
         return self._frozen
 
-    def command(self, binary: Path | None = None) -> list[str]:
-        """The exact Tansu command line (every setting explicit, so stray env vars cannot change it)."""
-        return [
-            str(binary or tansu_binary()),
-            "broker",
-            "--cluster-id",
-            self.cluster_id,
-            "--listener-url",
-            f"tcp://{self.host}:{self.port}",
-            "--advertised-listener-url",
-            f"tcp://{self.advertised_host}:{self.port}",
-            "--storage-engine",
-            STORAGE_URL,
-        ]
-
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> EmbeddedBroker:
-        if self.running:
-            return self
-        binary = tansu_binary()
-        # A port we picked ourselves may be taken by someone else before Tansu binds it: pick again.
-        attempts = 1 if self._requested_port is not None else 3
-        last_error: BrokerStartError | None = None
-        for _ in range(attempts):
-            if self._requested_port is None:
-                self._port = free_port(self.host)
-            try:
-                self._launch(binary)
-                return self
-            except BrokerStartError as exc:
-                last_error = exc
-        assert last_error is not None
-        raise last_error
+    def start(self) -> BrokerProcess:
+        raise NotImplementedError
 
-    def _launch(self, binary: Path) -> None:
-        self.cluster_id = f"genrec-{uuid.uuid4().hex[:12]}"
+    def _spawn(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        """Launch `command` logging to `log_path` (a temp file unless given), dying with this process."""
         if self._own_log:
-            fd, name = tempfile.mkstemp(prefix=f"genrec-tansu-{self.port}-", suffix=".log")
+            fd, name = tempfile.mkstemp(prefix=f"genrec-{self.name}-{self.port}-", suffix=".log")
             os.close(fd)
             self._log_path = Path(name)
         assert self._log_path is not None
@@ -217,7 +189,7 @@ class EmbeddedBroker:
         on_main_thread = threading.current_thread() is threading.main_thread()
         with open(self._log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                self.command(binary),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -225,14 +197,9 @@ class EmbeddedBroker:
                 # parent's clients have flushed; the parent stops it explicitly.
                 start_new_session=True,
                 preexec_fn=_die_with_parent if on_main_thread and os.name == "posix" else None,
-                env={**os.environ, "NO_COLOR": "1"},
+                env=env if env is not None else os.environ.copy(),
             )
         self._frozen = False
-        try:
-            _run_blocking(self._wait_ready)
-        except BrokerStartError:
-            self.stop(keep_log=True)  # the error message points at it
-            raise
 
     async def _wait_ready(self) -> None:
         from aiokafka.errors import KafkaError
@@ -246,7 +213,7 @@ class EmbeddedBroker:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 raise BrokerStartError(
-                    f"tansu exited with status {self._proc.returncode} before it was ready on "
+                    f"{self.name} exited with status {self._proc.returncode} before it was ready on "
                     f"{self.bootstrap}; log {self._log_path}:\n{self.log_tail()}"
                 )
             try:
@@ -259,7 +226,7 @@ class EmbeddedBroker:
                 last = f"port {self.port} answered for cluster {info.cluster_id!r}, not ours"
             await asyncio.sleep(0.05)
         raise BrokerStartError(
-            f"tansu did not answer a Metadata request on {self.bootstrap} within "
+            f"{self.name} did not answer a Metadata request on {self.bootstrap} within "
             f"{self.ready_timeout_s:.0f}s (last: {last!r}); log {self._log_path}:\n{self.log_tail()}"
         )
 
@@ -269,7 +236,8 @@ class EmbeddedBroker:
             return None
         status = terminate_process(self._proc, self.stop_timeout_s)
         self._frozen = False
-        clean = status in (0, -signal.SIGTERM)
+        # The JVM exits with 143 (128 + SIGTERM) after its shutdown hooks ran: as clean as -SIGTERM.
+        clean = status in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
         if self._own_log and self._log_path is not None and clean and not keep_log:
             # A clean stop leaves nothing worth reading; keep the log when something went wrong.
             with contextlib.suppress(OSError):
@@ -307,7 +275,7 @@ class EmbeddedBroker:
                 return
             time.sleep(0.005)
         verb = "stop" if stopped else "resume"
-        raise RuntimeError(f"tansu (pid {self.pid}) did not {verb} within {timeout_s}s")
+        raise RuntimeError(f"{self.name} (pid {self.pid}) did not {verb} within {timeout_s}s")
 
     def _signal(self, signum: int) -> None:
         if not self.running:
@@ -316,7 +284,7 @@ class EmbeddedBroker:
         self._proc.send_signal(signum)
 
     def wait(self, timeout_s: float | None = None) -> int | None:
-        """Block until Tansu exits (or `timeout_s` passes); returns its status or None if still running."""
+        """Block until the broker exits (or `timeout_s` passes); returns its status or None if still running."""
         if self._proc is None:
             return None
         try:
@@ -333,8 +301,9 @@ class EmbeddedBroker:
             return fh.read().decode("utf-8", errors="replace")
 
     # -- context manager --------------------------------------------------------------------------
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(
         self,
@@ -346,11 +315,83 @@ class EmbeddedBroker:
 
     def __repr__(self) -> str:
         state = "frozen" if self._frozen else ("running" if self.running else "stopped")
-        return f"EmbeddedBroker({self.host}:{self._port}, pid={self.pid}, {state})"
+        return f"{type(self).__name__}({self.host}:{self._port}, pid={self.pid}, {state})"
+
+
+class EmbeddedBroker(BrokerProcess):
+    """One Tansu process on `host:port`, memory storage, logging to a file.
+
+    >>> with EmbeddedBroker() as broker:   # doctest: +SKIP
+    ...     run_something(bootstrap=broker.bootstrap)
+    """
+
+    name = "tansu"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        log_path: str | os.PathLike[str] | None = None,
+        ready_timeout_s: float = 30.0,
+        stop_timeout_s: float = 5.0,
+        advertised_host: str | None = None,
+    ) -> None:
+        super().__init__(
+            port,
+            host,
+            log_path=log_path,
+            ready_timeout_s=ready_timeout_s,
+            stop_timeout_s=stop_timeout_s,
+            advertised_host=advertised_host,
+        )
+
+    def command(self, binary: Path | None = None) -> list[str]:
+        """The exact Tansu command line (every setting explicit, so stray env vars cannot change it)."""
+        return [
+            str(binary or tansu_binary()),
+            "broker",
+            "--cluster-id",
+            self.cluster_id,
+            "--listener-url",
+            f"tcp://{self.host}:{self.port}",
+            "--advertised-listener-url",
+            f"tcp://{self.advertised_host}:{self.port}",
+            "--storage-engine",
+            STORAGE_URL,
+        ]
+
+    def start(self) -> EmbeddedBroker:
+        if self.running:
+            return self
+        binary = tansu_binary()
+        # A port we picked ourselves may be taken by someone else before Tansu binds it: pick again.
+        attempts = 1 if self._requested_port is not None else 3
+        last_error: BrokerStartError | None = None
+        for _ in range(attempts):
+            if self._requested_port is None:
+                self._port = free_port(self.host)
+            try:
+                self._launch(binary)
+                return self
+            except BrokerStartError as exc:
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    def _launch(self, binary: Path) -> None:
+        self.cluster_id = f"genrec-{uuid.uuid4().hex[:12]}"
+        self._spawn(self.command(binary), env={**os.environ, "NO_COLOR": "1"})
+        try:
+            _run_blocking(self._wait_ready)
+        except BrokerStartError:
+            self.stop(keep_log=True)  # the error message points at it
+            raise
 
 
 __all__ = [
     "BrokerBinaryNotFoundError",
+    "BrokerProcess",
     "BrokerStartError",
     "EmbeddedBroker",
     "free_port",
