@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,35 @@ DeadletterOpt = typer.Option("genrec.deadletter", "--deadletter-topic", envvar="
 ModelsOpt = typer.Option("genrec.models", "--models-topic", envvar="GENREC_MODELS_TOPIC")
 
 
+class BrokerKind(StrEnum):
+    tansu = "tansu"
+    kafka = "kafka"
+
+
 def broker(
     port: int = typer.Option(9092, "--port", help="Port on 127.0.0.1; 0 picks a free one."),
     host: str = typer.Option("127.0.0.1", "--host", help="Listen address (loopback by default)."),
-    log_file: Path | None = typer.Option(None, "--log-file", help="Tansu's log (default: a temp file)."),
-    ready_timeout: float = typer.Option(30.0, "--ready-timeout", help="Seconds to wait for readiness."),
+    kind: BrokerKind = typer.Option(
+        "tansu",
+        "--kind",
+        help="tansu: the embedded broker (memory storage). kafka: Apache Kafka in KRaft mode, one node "
+        "(needs Java 17+; its jars are fetched once with Maven, ops/kafka/pom.xml).",
+    ),
+    log_file: Path | None = typer.Option(None, "--log-file", help="The broker's log (default: a temp file)."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="kafka only: keep the storage here, reused on the next start (default: a temp dir)."
+    ),
+    ready_timeout: float | None = typer.Option(
+        None, "--ready-timeout", help="Seconds to wait for readiness (default: 30 for tansu, 90 for kafka)."
+    ),
 ) -> None:
-    """Run the embedded Kafka-protocol broker (Tansu, memory storage) until SIGTERM/SIGINT."""
-    from ops.broker import BrokerBinaryNotFoundError, BrokerStartError, EmbeddedBroker
+    """Run a Kafka-protocol broker until SIGTERM/SIGINT: Tansu (default) or Apache Kafka (--kind kafka)."""
+    from ops.broker import BrokerBinaryNotFoundError, BrokerProcess, BrokerStartError, EmbeddedBroker
 
+    kind = BrokerKind(kind)
+    if data_dir is not None and kind is not BrokerKind.kafka:
+        typer.echo("genrec broker: --data-dir is for --kind kafka (tansu keeps its data in memory)", err=True)
+        raise typer.Exit(2)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -54,22 +75,35 @@ def broker(
 
     # Installed before the start so that a SIGTERM during startup still ends in a clean stop.
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    embedded = EmbeddedBroker(port=port or None, host=host, log_path=log_file, ready_timeout_s=ready_timeout)
+    embedded: BrokerProcess
+    unavailable: tuple[type[Exception], ...]
+    if kind is BrokerKind.kafka:
+        from ops.kafka_broker import KafkaBroker, KafkaUnavailableError
+
+        embedded = KafkaBroker(
+            port=port or None, host=host, log_path=log_file, data_dir=data_dir, ready_timeout_s=ready_timeout or 90.0
+        )
+        unavailable = (KafkaUnavailableError,)
+    else:
+        embedded = EmbeddedBroker(
+            port=port or None, host=host, log_path=log_file, ready_timeout_s=ready_timeout or 30.0
+        )
+        unavailable = (BrokerBinaryNotFoundError,)
     try:
         try:
             embedded.start()
-        except (BrokerStartError, BrokerBinaryNotFoundError) as exc:
+        except (BrokerStartError, *unavailable) as exc:
             typer.echo(f"genrec broker: {exc}", err=True)
             raise typer.Exit(1) from exc
         typer.echo(
-            f"genrec broker ready on {embedded.bootstrap} (tansu pid {embedded.pid}, log {embedded.log_path})"
+            f"genrec broker ready on {embedded.bootstrap} ({kind.value} pid {embedded.pid}, log {embedded.log_path})"
         )
         sys.stdout.flush()
         while not stop.is_set():
             status = embedded.wait(0.5)
             if status is not None:
                 typer.echo(
-                    f"genrec broker: tansu exited on its own (status {status}):\n{embedded.log_tail()}",
+                    f"genrec broker: {kind.value} exited on its own (status {status}):\n{embedded.log_tail()}",
                     err=True,
                 )
                 raise typer.Exit(1)

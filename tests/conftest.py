@@ -1,8 +1,14 @@
-"""Shared fixtures: the embedded Kafka-protocol broker and the real data sets.
+"""Shared fixtures: the brokers (Tansu, Apache Kafka) and the real data sets.
 
-Fixtures are lazy: the broker starts only when a test asks for `broker` or `bootstrap`, once per
-session, and is stopped (by PID) in the finalizer. Tests that need an isolated broker (freezing it,
-stopping it) start their own `ops.broker.EmbeddedBroker` instead of touching this shared one.
+Fixtures are lazy: a broker starts only when a test asks for it, once per session, and is stopped (by PID)
+in the finalizer. Tests that need an isolated broker (freezing it, stopping it) start their own
+`ops.broker.EmbeddedBroker` / `ops.kafka_broker.KafkaBroker` instead of touching a shared one.
+
+- `broker` / `bootstrap`: Tansu, the default of every integration test.
+- `kafka_broker` / `kafka_bootstrap`: Apache Kafka (ops/kafka_broker.py: Java 17+, jars fetched once with
+  Maven). Skips with the reason when Java or Maven is missing, or when GENREC_TEST_KAFKA=0.
+- `any_broker` / `any_bootstrap`: whichever `broker_kind` names, "tansu" unless the test is marked
+  `@both_brokers` (below): then it runs once on each, with ids `[tansu]` and `[kafka]`, from one body.
 """
 
 from __future__ import annotations
@@ -16,7 +22,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from ops.broker import EmbeddedBroker
+    from ops.broker import BrokerProcess, EmbeddedBroker
+    from ops.kafka_broker import KafkaBroker
+
+KAFKA_ENV = "GENREC_TEST_KAFKA"  # "0": skip every test that needs Apache Kafka (e.g. a quick local run)
+BROKER_KINDS = ("tansu", "kafka")
+# Run a test on both brokers. The `kafka` mark selects or drops the Kafka half (`-m "not kafka"`).
+both_brokers = pytest.mark.parametrize(
+    "broker_kind", ["tansu", pytest.param("kafka", marks=pytest.mark.kafka)]
+)
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +78,68 @@ def new_embedded_broker(**kwargs: object) -> EmbeddedBroker:
 def bootstrap(broker: EmbeddedBroker) -> str:
     """`HOST:PORT` of the session broker, for any Kafka client or `--bootstrap` flag."""
     return broker.bootstrap
+
+
+def require_kafka() -> None:
+    """Skip the calling test, with the reason, when Apache Kafka cannot run here (no Java, no Maven, no jars).
+
+    The jars are fetched on first use (`make test` fetches them before the suite, so this is a no-op then).
+    """
+    if os.environ.get(KAFKA_ENV) == "0":
+        pytest.skip(f"Apache Kafka tests disabled ({KAFKA_ENV}=0)")
+    from ops.kafka_broker import KafkaUnavailableError, find_java, kafka_libs
+
+    try:
+        find_java()
+        kafka_libs()
+    except KafkaUnavailableError as exc:
+        pytest.skip(f"Apache Kafka unavailable: {exc}")
+
+
+def new_kafka_broker(**kwargs: object) -> KafkaBroker:
+    """An (unstarted) Apache Kafka broker, or a skip of the calling test when it cannot run here."""
+    from ops.kafka_broker import KafkaBroker
+
+    require_kafka()
+    return KafkaBroker(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """One Apache Kafka KRaft node on free loopback ports, fresh storage, shared by the whole session.
+
+    Like `broker`, its topics outlive each test: use unique topic names (or consumer groups) per test.
+    """
+    kafka = new_kafka_broker()
+    kafka.start()
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
+    return kafka_broker.bootstrap
+
+
+@pytest.fixture
+def broker_kind() -> str:
+    """Which broker `any_broker` is: Tansu unless the test is parametrized (`@both_brokers`)."""
+    return "tansu"
+
+
+@pytest.fixture
+def any_broker(broker_kind: str, request: pytest.FixtureRequest) -> BrokerProcess:
+    """The session broker of `broker_kind`, started on first use (the Kafka one skips when unavailable)."""
+    if broker_kind not in BROKER_KINDS:
+        raise ValueError(f"broker_kind {broker_kind!r} is none of {BROKER_KINDS}")
+    return request.getfixturevalue("broker" if broker_kind == "tansu" else "kafka_broker")
+
+
+@pytest.fixture
+def any_bootstrap(any_broker: BrokerProcess) -> str:
+    return any_broker.bootstrap
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""`genrec broker --port P` (design.md §8): foreground, prints `ready`, stops cleanly on SIGTERM/SIGINT."""
+"""`genrec broker [--kind tansu|kafka] --port P` (design.md §8): foreground, prints `ready`, stops cleanly on
+SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 from ops.broker import free_port
 from ops.kafka_clients import KafkaSecurity, fetch_cluster_info
+from tests.conftest import require_kafka
 
 pytestmark = pytest.mark.integration
 
@@ -41,36 +43,45 @@ def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
         selector.close()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_broker_command_runs_in_the_foreground_until_signalled(signum: int) -> None:
+@pytest.mark.parametrize(
+    ("kind", "signum"),
+    [
+        ("tansu", signal.SIGTERM),
+        ("tansu", signal.SIGINT),
+        pytest.param("kafka", signal.SIGTERM, marks=pytest.mark.kafka),
+    ],
+)
+def test_broker_command_runs_in_the_foreground_until_signalled(kind: str, signum: int) -> None:
+    if kind == "kafka":
+        require_kafka()
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-c", RUN_CLI, "broker", "--port", str(port)],
+        [sys.executable, "-c", RUN_CLI, "broker", "--kind", kind, "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    tansu_pid: int | None = None
+    broker_pid: int | None = None
     try:
         line = _read_line(proc, 60)
         assert "ready" in line, (line, proc.poll())
         assert f"127.0.0.1:{port}" in line
-        match = re.search(r"tansu pid (\d+)", line)
+        match = re.search(rf"{kind} pid (\d+)", line)
         assert match is not None, line
-        tansu_pid = int(match.group(1))
+        broker_pid = int(match.group(1))
 
         info = asyncio.run(fetch_cluster_info(f"127.0.0.1:{port}", security=KafkaSecurity()))
         assert [p for _, _, p in info.brokers] == [port]
 
         proc.send_signal(signum)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=40) == 0
         assert proc.stdout is not None and "stopped" in proc.stdout.read()
         with pytest.raises(ProcessLookupError):
-            os.kill(tansu_pid, 0)
+            os.kill(broker_pid, 0)
     finally:
-        # Tansu dies with its parent (PR_SET_PDEATHSIG), so killing the command is enough; never signal
-        # tansu_pid from here, since after a normal exit that number may belong to someone else.
+        # The broker dies with its parent (PR_SET_PDEATHSIG), so killing the command is enough; never signal
+        # broker_pid from here, since after a normal exit that number may belong to someone else.
         if proc.poll() is None:
             proc.kill()
             proc.wait()
