@@ -6,7 +6,7 @@ DATA_DIR ?= ../shared/data
 # Extra `genrec demo` flags, e.g. DEMO_ARGS="--checkpoint runs/ckpt-ml100k" or "--epochs 10 --events 5000".
 DEMO_ARGS ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup kafka-jars demo test lint clean
 
 $(BIN)/genrec: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,7 +21,12 @@ setup: $(BIN)/genrec
 demo: setup
 	$(BIN)/genrec demo --data-dir $(DATA_DIR) $(DEMO_ARGS)
 
-test: setup
+# Apache Kafka's jars for the tests that run on it (ops/kafka_broker.py; Maven, once, into .cache/kafka/).
+# Without Java or Maven it says so and the suite goes on: those tests skip with the same reason.
+kafka-jars: setup
+	@$(BIN)/python -m ops.kafka_broker fetch || echo "make: no Apache Kafka here (above); the tests that need it will skip"
+
+test: setup kafka-jars
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
@@ -29,4 +34,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info .cache
