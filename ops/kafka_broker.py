@@ -269,6 +269,9 @@ class KafkaBroker(BrokerProcess):
             "min.insync.replicas": "1",
             # Tests start consumer groups all the time: no 3 s wait for more members on each first join.
             "group.initial.rebalance.delay.ms": "0",
+            # The failover tests notice a dead member in ~4 s (ops/chaos.py FAST_GROUP_ENV); Kafka refuses a
+            # session timeout under 6 s by default (InvalidSessionTimeoutError at join), Tansu takes any.
+            "group.min.session.timeout.ms": "1000",
             # Tansu creates a topic on first use, and tests (and Faust's own topics) may rely on it;
             # the production compose file turns it off (docker-compose.kafka.yml).
             "auto.create.topics.enable": "true",

@@ -1,5 +1,6 @@
 """Fixtures for the worker's integration tests: `genrec worker` child processes (each test run gets its own app
-id and topic names on the shared session broker). The tiny real checkpoint is tests/conftest.py's (the soak bench's
+id and topic names on the shared session broker: Tansu, or Apache Kafka too for tests marked `@both_brokers`
+from tests/conftest.py). The tiny real checkpoint is tests/conftest.py's (the soak bench's
 test uses it too); the worker handle and topic readers live in ops/chaos.py (shared with `genrec bench chaos`) and
 are re-exported here for the tests that import them from this module."""
 
@@ -18,13 +19,14 @@ __all__ = ["FAST_GROUP_ENV", "Topics", "WorkerHandle", "produce", "read_until", 
 
 @pytest.fixture
 def worker_factory(
-    bootstrap: str, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+    any_bootstrap: str, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[[], WorkerHandle]]:
+    """Workers on the session broker of `broker_kind`: Tansu, or each broker in turn for `@both_brokers` tests."""
     made: list[WorkerHandle] = []
 
     def make() -> WorkerHandle:
         h = WorkerHandle(
-            bootstrap=bootstrap,
+            bootstrap=any_bootstrap,
             checkpoint=checkpoint,
             topics=Topics.unique(),
             app_id=f"genrec-test-{uuid.uuid4().hex[:8]}",

@@ -1,4 +1,5 @@
-"""The worker end to end: the real embedded broker, a real `genrec worker` process, a real checkpoint.
+"""The worker end to end: a real broker, a real `genrec worker` process, a real checkpoint. The serving test
+runs on both Tansu and Apache Kafka (`@both_brokers`).
 
 Covered: N requests → exactly N results (distinct ids, k items, nothing seen when exclude_seen); a query
 event served as a search; a redelivered event appended once (read back from the table's changelog);
@@ -16,6 +17,7 @@ import pytest
 
 from schemas.messages import DeadLetter, Event, RecRequest, RecResult, encode
 from streams import history_codec
+from tests.conftest import both_brokers
 from tests.streams.conftest import WorkerHandle, produce, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -48,6 +50,7 @@ def _result_for(w: WorkerHandle, request_id: str, timeout_s: float = 60.0) -> Re
     return hits[0]
 
 
+@both_brokers
 def test_requests_results_dedup_deadletters_and_queries(worker_factory) -> None:
     w: WorkerHandle = worker_factory()
     w.start()
