@@ -31,7 +31,7 @@ def read_published(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> tuple[list[Any], Any]:
     """(every ModelVersion, oldest first; the latest PublishingControl or None); unreadable records skipped."""
-    from ops.kafka_clients import make_consumer
+    from ops.kafka_clients import make_consumer, topic_partitions
     from schemas.messages import ModelVersion, PublishingControl, decode
     from streams.models import MODEL_KEY, PUBLISHING_KEY
 
@@ -44,8 +44,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> tuple[lis
         try:
             from aiokafka import TopicPartition
 
-            await c.topics()
-            parts = c.partitions_for_topic(topic) or set()
+            parts = await topic_partitions(c, topic)
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             if not tps:
                 return out

@@ -121,7 +121,7 @@ async def redrive(bootstrap: str, topic: str, reason: str, *, allowed_topics: Se
     """Re-publish the dead letters of `reason` not redriven yet by this reason's cursor (module docstring)."""
     from aiokafka.structs import OffsetAndMetadata
 
-    from ops.kafka_clients import make_consumer, make_producer
+    from ops.kafka_clients import make_consumer, make_producer, topic_partitions
 
     group = group or default_group(reason)
     report = RedriveReport(reason=reason, group=group, dry_run=dry_run)
@@ -134,8 +134,7 @@ async def redrive(bootstrap: str, topic: str, reason: str, *, allowed_topics: Se
         if not from_beginning:
             from aiokafka import TopicPartition
 
-            await consumer.topics()
-            for p in consumer.partitions_for_topic(topic) or set():
+            for p in await topic_partitions(consumer, topic):
                 tp = TopicPartition(topic, p)
                 committed = await consumer.committed(tp)
                 if committed is not None and committed >= 0:

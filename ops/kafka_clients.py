@@ -223,6 +223,17 @@ def _split_hostport(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partition ids of `topic` as the broker knows them now (empty when it does not exist).
+
+    Not `await consumer.topics()` then `consumer.partitions_for_topic(topic)`: `topics()` reads the metadata
+    into a separate object and leaves the consumer's own view as its bootstrap request filled it, with every
+    topic on Tansu but none on Apache Kafka 4 (found by running the tests on both, tests/conftest.py).
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    return set(cluster.partitions_for_topic(topic) or ())
+
+
 async def fetch_cluster_info(
     bootstrap: str,
     *,
@@ -289,8 +300,7 @@ async def read_to_end(consumer: AIOKafkaConsumer, topic: str, start: Mapping[Any
     """
     from aiokafka import TopicPartition
 
-    await consumer.topics()
-    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or set())]
+    tps = [TopicPartition(topic, p) for p in sorted(await topic_partitions(consumer, topic))]
     if not tps:
         return [], {}
     consumer.assign(tps)

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from ops.cli import _register, app
 from ops.deadletters import list_dead_letters, redrive
 from schemas import REDRIVE_HEADER, dead_letter, encode
+from tests.conftest import both_brokers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -77,7 +78,9 @@ def _dl(names: dict[str, str], topic: str, n: int, reason: str, **over: Any) -> 
     return names["dl"], args["key"], encode(dead_letter(**args))
 
 
-async def test_redrive_sends_each_dead_letter_of_its_reason_back_once(bootstrap: str) -> None:
+@both_brokers
+async def test_redrive_sends_each_dead_letter_of_its_reason_back_once(any_bootstrap: str) -> None:
+    bootstrap = any_bootstrap
     names = _names()
     await _create(bootstrap, names)
     await _produce(bootstrap, [

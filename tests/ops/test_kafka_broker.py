@@ -232,3 +232,22 @@ def test_two_processes_fetch_the_jars_once(tmp_path: Path) -> None:
     assert any(libs.glob("kafka_2.13-*.jar")) and any(libs.glob("log4j-slf4j-impl-*.jar"))
     assert sum(err.count("fetching Apache Kafka") for _, err in outs) == 1
     shutil.rmtree(tmp_path / "cache")
+
+
+@both_brokers
+async def test_topic_partitions_reads_the_broker_not_the_consumers_stale_view(
+    any_bootstrap: str, broker_kind: str
+) -> None:
+    """`consumer.topics()` + `partitions_for_topic()` found no partitions on Apache Kafka (while Tansu's
+    bootstrap answer listed every topic): `genrec models list` and `genrec deadletters` then read nothing."""
+    from ops.kafka_clients import topic_partitions
+
+    topic = f"parts-{broker_kind}-{time.monotonic_ns()}"
+    await create_topics(any_bootstrap, [TopicSpec(topic, 3)], security=PLAIN)
+    consumer = make_consumer(any_bootstrap, security=PLAIN)
+    await consumer.start()
+    try:
+        assert await topic_partitions(consumer, topic) == {0, 1, 2}
+        assert await topic_partitions(consumer, f"{topic}-absent") == set()
+    finally:
+        await consumer.stop()
