@@ -21,6 +21,7 @@ from model.checkpoint import WEIGHTS, load_checkpoint
 from model.store import ModelStore
 from ops.bench_stream import genrec_command
 from schemas.messages import Event, ModelVersion, RecRequest, RecResult, encode
+from tests.conftest import both_brokers
 from tests.streams.conftest import WorkerHandle, produce, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -59,6 +60,7 @@ def _results(w: WorkerHandle, ids: set[str], timeout_s: float = 60.0) -> list[Re
     return [RecResult.model_validate(v) for v in values(recs) if v["request_id"] in ids]
 
 
+@both_brokers
 def test_promote_swaps_without_losing_requests_refuses_bad_sha_and_rolls_back(
     worker_factory, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -31,7 +31,7 @@ from ops.cluster import LocalCluster
 from ops.load import LoadRun, run_load
 from ops.topics import TopicSpec, create_topics
 from schemas.messages import Event, RecRequest, RecResult, encode
-from tests.conftest import new_embedded_broker
+from tests.conftest import both_brokers, new_embedded_broker, new_kafka_broker
 from tests.streams.conftest import FAST_GROUP_ENV, Topics, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -88,18 +88,20 @@ async def _watch_readiness(cluster: LocalCluster, names: list[str], stop: asynci
 
 
 @pytest.fixture()
-def bootstrap(tmp_path: Path) -> Iterator[str]:
-    """A broker of this test's own, not the session's.
+def bootstrap(tmp_path: Path, broker_kind: str) -> Iterator[str]:
+    """A broker of this test's own, not the session's: Tansu, or Apache Kafka for the `[kafka]` run.
 
     The failover is measured on a fresh cluster, as an operator's would be, not on one that holds every record
     of ~300 earlier tests (its memory store never frees data; design.md §6b advises a fresh broker for long
     runs). That broker state was once suspected of a survivor's hung restore; the changelog probe below ruled
     it out (RELIABILITY.md).
     """
-    with new_embedded_broker(log_path=tmp_path / "broker.log") as broker:
+    new_broker = new_kafka_broker if broker_kind == "kafka" else new_embedded_broker
+    with new_broker(log_path=tmp_path / "broker.log") as broker:
         yield broker.bootstrap
 
 
+@both_brokers
 def test_three_replicas_spread_serve_owners_survive_sigkill_and_leave_gracefully(
     bootstrap: str, checkpoint: Path, tmp_path: Path
 ) -> None:
