@@ -31,7 +31,7 @@ from ops.kafka_clients import KafkaSecurity, fetch_cluster_info, make_consumer, 
 from ops.topics import TopicSpec, create_topics
 from tests.conftest import both_brokers, new_kafka_broker, process_alive, require_kafka
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 PLAIN = KafkaSecurity()
 REPO = Path(__file__).resolve().parents[2]
@@ -110,21 +110,12 @@ async def test_any_broker_serves_the_same_client_code(any_bootstrap: str, broker
 # ------------------------------------------------------------------------------------ brokers of their own
 
 
-def test_stop_ends_the_jvm_and_removes_its_storage() -> None:
+async def test_freeze_thaw_and_stop_even_when_frozen_end_the_jvm_and_its_storage() -> None:
     broker = new_kafka_broker()
     with broker:
-        pid, data = broker.pid, broker.data_dir
+        pid, data, log = broker.pid, broker.data_dir, broker.log_path
         assert pid is not None and process_alive(pid)
         assert data is not None and (data / "logs" / "meta.properties").is_file()
-        log = broker.log_path
-    assert not process_alive(pid)
-    assert not data.exists()
-    assert log is not None and not log.exists()  # a clean stop leaves no log behind
-
-
-async def test_freeze_is_an_outage_thaw_ends_it_and_a_frozen_broker_still_stops() -> None:
-    broker = new_kafka_broker()
-    with broker:
         broker.freeze()
         assert broker.frozen
         # The kernel still accepts the connection, but the stopped JVM answers nothing.
@@ -138,6 +129,9 @@ async def test_freeze_is_an_outage_thaw_ends_it_and_a_frozen_broker_still_stops(
         # SIGTERM then SIGCONT: the JVM runs its shutdown hooks and exits 143 (128 + SIGTERM).
         assert broker.stop() in (0, 143)
         assert time.monotonic() - started < broker.stop_timeout_s
+    assert not process_alive(pid)
+    assert not data.exists()
+    assert log is not None and not log.exists()  # a clean stop leaves no log behind
 
 
 async def test_a_restart_on_the_same_data_dir_keeps_the_cluster_and_the_records(tmp_path: Path) -> None:

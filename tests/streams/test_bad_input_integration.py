@@ -32,7 +32,7 @@ from schemas.messages import (
     truncate_raw,
 )
 from streams import history_codec
-from tests.conftest import both_brokers
+from tests.conftest import both_brokers_full
 from tests.schemas.bad_inputs import BAD_EVENTS, BAD_REQUESTS, good_event, good_request
 from tests.streams.conftest import WorkerHandle, produce, read_until, values
 
@@ -100,7 +100,7 @@ def _fuzz_batch(n: int) -> list[tuple[str, bytes]]:
     return out
 
 
-@both_brokers
+@both_brokers_full
 def test_bad_input_matrix_and_fuzz_against_the_worker(worker_factory) -> None:
     w: WorkerHandle = worker_factory()
     w.start()

@@ -36,7 +36,7 @@ from ops.chaos import (
 )
 from schemas.messages import RecResult
 from streams import history_codec
-from tests.conftest import both_brokers, new_embedded_broker
+from tests.conftest import both_brokers_full, new_embedded_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,7 +80,7 @@ def _check_log(w: WorkerHandle) -> None:
 
 
 @pytest.mark.timeout(480)
-@both_brokers
+@both_brokers_full
 def test_sigkill_at_random_moments_loses_nothing(worker_factory) -> None:
     rng = random.Random(SEED)
     w: WorkerHandle = worker_factory()

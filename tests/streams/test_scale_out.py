@@ -31,7 +31,7 @@ from ops.cluster import LocalCluster
 from ops.load import LoadRun, run_load
 from ops.topics import TopicSpec, create_topics
 from schemas.messages import Event, RecRequest, RecResult, encode
-from tests.conftest import both_brokers, new_embedded_broker, new_kafka_broker
+from tests.conftest import both_brokers_full, new_embedded_broker, new_kafka_broker
 from tests.streams.conftest import FAST_GROUP_ENV, Topics, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -101,7 +101,7 @@ def bootstrap(tmp_path: Path, broker_kind: str) -> Iterator[str]:
         yield broker.bootstrap
 
 
-@both_brokers
+@both_brokers_full
 def test_three_replicas_spread_serve_owners_survive_sigkill_and_leave_gracefully(
     bootstrap: str, checkpoint: Path, tmp_path: Path
 ) -> None:
