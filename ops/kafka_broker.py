@@ -340,7 +340,11 @@ class KafkaBroker(BrokerProcess):
             self.cluster_id = existing
         else:
             self.cluster_id = new_cluster_id()
-            self._format(java, libs, config)
+            try:
+                self._format(java, libs, config)
+            except BrokerStartError:
+                self._drop_own_data_dir()
+                raise
         self._spawn(self._java_command(java, libs, "kafka.Kafka", str(config)))
         try:
             _run_blocking(self._wait_ready)
@@ -364,11 +368,15 @@ class KafkaBroker(BrokerProcess):
 
     def stop(self, keep_log: bool = False) -> int | None:
         status = super().stop(keep_log=keep_log)
+        self._drop_own_data_dir()
+        return status
+
+    def _drop_own_data_dir(self) -> None:
+        # Only a temp dir of our own: a given data_dir is the caller's, kept for the next start.
         if self._own_data_dir and self._data_dir is not None:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
             self._own_data_dir = False
-        return status
 
 
 def _read_meta(path: Path) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
+from ops.broker import BrokerStartError
 from ops.kafka_broker import (
     KafkaBroker,
     KafkaUnavailableError,
@@ -248,3 +250,16 @@ async def test_topic_partitions_reads_the_broker_not_the_consumers_stale_view(
         assert await topic_partitions(consumer, f"{topic}-absent") == set()
     finally:
         await consumer.stop()
+
+
+def test_a_taken_port_fails_with_the_log_and_leaves_no_storage() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        broker = new_kafka_broker(port=sock.getsockname()[1], ready_timeout_s=60)
+        started = time.monotonic()
+        with pytest.raises(BrokerStartError, match=r"kafka exited with status \d+ before it was ready") as err:
+            broker.start()
+    assert "Address already in use" in str(err.value)  # the log's tail is in the message
+    assert time.monotonic() - started < 30
+    assert broker.data_dir is None and not broker.running
