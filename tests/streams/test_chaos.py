@@ -36,7 +36,7 @@ from ops.chaos import (
 )
 from schemas.messages import RecResult
 from streams import history_codec
-from tests.conftest import both_brokers_full, new_embedded_broker
+from tests.conftest import both_brokers_full, new_embedded_broker, new_kafka_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -137,8 +137,9 @@ def test_sigkill_at_random_moments_loses_nothing(worker_factory) -> None:
 
 
 @pytest.fixture
-def own_broker() -> Iterator[object]:
-    b = new_embedded_broker()
+def own_broker(broker_kind: str) -> Iterator[object]:
+    """A broker of this test's own (it freezes it): Tansu, or Apache Kafka for the `[kafka]` run."""
+    b = new_kafka_broker() if broker_kind == "kafka" else new_embedded_broker()
     b.start()
     try:
         yield b
@@ -147,10 +148,11 @@ def own_broker() -> Iterator[object]:
 
 
 @pytest.mark.timeout(360)
+@both_brokers_full
 def test_broker_frozen_mid_stream_worker_waits_and_resumes(own_broker, checkpoint: Path, tmp_path: Path) -> None:
-    from ops.broker import EmbeddedBroker
+    from ops.broker import BrokerProcess
 
-    broker: EmbeddedBroker = own_broker  # type: ignore[assignment]
+    broker: BrokerProcess = own_broker  # type: ignore[assignment]
     rng = random.Random(SEED)
     w = WorkerHandle(
         bootstrap=broker.bootstrap,

@@ -17,7 +17,7 @@ import pytest
 
 from schemas.messages import DeadLetter, Event, RecRequest, RecResult, encode
 from streams import history_codec
-from tests.conftest import both_brokers
+from tests.conftest import both_brokers, both_brokers_full
 from tests.streams.conftest import WorkerHandle, produce, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -128,6 +128,7 @@ def test_requests_results_dedup_deadletters_and_queries(worker_factory) -> None:
     assert w.proc.wait(30) == 0
 
 
+@both_brokers_full
 def test_history_survives_sigkill_and_restart_on_empty_state(worker_factory) -> None:
     w: WorkerHandle = worker_factory()
     w.start()
