@@ -17,6 +17,7 @@ from model.interactions import load_interactions, write_interactions_csv
 from model.tokens import Action
 from ops.cli import _register, app
 from schemas.messages import Event, EventType, encode
+from tests.conftest import both_brokers
 
 _register()
 
@@ -91,7 +92,9 @@ async def _send(bootstrap: str, topic: str, values: list[tuple[bytes, bytes | No
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_export_events_round_trips_the_topic_into_a_file_the_loader_reads(bootstrap: str, tmp_path: Path) -> None:
+@both_brokers
+def test_export_events_round_trips_the_topic_into_a_file_the_loader_reads(any_bootstrap: str, tmp_path: Path) -> None:
+    bootstrap = any_bootstrap
     from ops.replay import dataset_events
     from ops.topics import TopicSpec, create_topics
 
