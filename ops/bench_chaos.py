@@ -2,8 +2,9 @@
 
 One run (seed S; everything random in it comes from `random.Random(S)`):
 
-1. A fresh Tansu (its memory store never frees data, design.md §6b), topics, one `genrec worker` serving the
-   given checkpoint (or a tiny one trained once for all runs), with the chaos test's fast group settings.
+1. A fresh broker (`--broker`: Tansu, whose memory store never frees data, or Apache Kafka), topics, one
+   `genrec worker` serving the given checkpoint (or a tiny one trained once for all runs), with the chaos test's
+   fast group settings.
 2. A paced replay: events (8 per user, shuffled, so they also arrive out of time order) and requests for the
    same users, interleaved, at `rate` records per second, each confirmed by the broker.
 3. `kills` SIGKILLs, each followed at once by a restart on the same state folder. The first falls 0.05–0.45 s
@@ -101,14 +102,13 @@ def run_once(
     rate: float,
     kills: int,
     worker_env: dict[str, str],
+    broker_kind: str = "tansu",
 ) -> dict[str, Any]:
     """One seeded run on its own broker; returns its per-run entry (with `error` when it could not finish)."""
-    from ops.broker import EmbeddedBroker
-
     rng = random.Random(seed)
     t_run = time.monotonic()
     entry: dict[str, Any] = {"seed": seed}
-    broker = EmbeddedBroker(log_path=base / "broker.log")
+    broker = new_broker(broker_kind, base / "broker.log")
     w: WorkerHandle | None = None
     try:
         broker.start()
@@ -185,6 +185,22 @@ def run_once(
     return entry
 
 
+BROKER_KINDS = ("tansu", "kafka")
+
+
+def new_broker(kind: str, log_path: Path) -> Any:
+    """A fresh broker of `kind`: the embedded Tansu, or a single-node Apache Kafka (ops/kafka_broker.py)."""
+    if kind == "kafka":
+        from ops.kafka_broker import KafkaBroker
+
+        return KafkaBroker(log_path=log_path)
+    if kind == "tansu":
+        from ops.broker import EmbeddedBroker
+
+        return EmbeddedBroker(log_path=log_path)
+    raise ValueError(f"unknown broker kind {kind!r}: one of {', '.join(BROKER_KINDS)}")
+
+
 def _train_checkpoint(out: Path) -> Path:
     from ops.bench_stream import _train_tiny
 
@@ -259,7 +275,10 @@ def run_bench_chaos(
     kills: int,
     worker_env: dict[str, str],
     keep: bool = False,
+    broker_kind: str = "tansu",
 ) -> dict[str, Any]:
+    if broker_kind not in BROKER_KINDS:
+        raise ValueError(f"--broker must be one of {', '.join(BROKER_KINDS)}")
     if not 1 <= runs <= MAX_RUNS:
         raise ValueError(f"--runs must be 1..{MAX_RUNS}")
     base_seed = seed if seed is not None else int(time.time()) % 100_000
@@ -272,7 +291,8 @@ def run_bench_chaos(
         for s in seeds:
             run_dir = root / f"run-{s}"
             run_dir.mkdir()
-            entry = run_once(s, ckpt, run_dir, seconds=seconds, rate=rate, kills=kills, worker_env=worker_env)
+            entry = run_once(s, ckpt, run_dir, seconds=seconds, rate=rate, kills=kills, worker_env=worker_env,
+                             broker_kind=broker_kind)
             per_run.append(entry)
             _say(
                 f"seed {s}: {entry.get('results')} results for {entry.get('requests')} requests, "
@@ -282,7 +302,8 @@ def run_bench_chaos(
             )
             if not keep and "error" not in entry:
                 shutil.rmtree(run_dir, ignore_errors=True)  # a failed run's logs stay for reading
-        settings = {"seconds": seconds, "rate": rate, "kills": kills, "worker_env": {**FAST_GROUP_ENV, **worker_env}}
+        settings = {"seconds": seconds, "rate": rate, "kills": kills, "broker": broker_kind,
+                    "worker_env": {**FAST_GROUP_ENV, **worker_env}}
         result = summarize(per_run, seeds, settings)
         kept = keep or result["failed_runs"] > 0
         if kept:
@@ -323,12 +344,17 @@ def register(app: Any, bench_app: Any) -> None:
             [], "--worker-env", help="GENREC_NAME=VALUE over the fast group settings (repeatable)."
         ),
         keep: bool = typer.Option(False, "--keep", help="Keep every run's logs and state folders."),
+        broker: str = typer.Option(
+            "tansu", "--broker", help="tansu (the embedded broker) or kafka (Apache Kafka, ops/kafka_broker.py)."
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object last on stdout."),
     ) -> None:
         """SIGKILL a worker at random moments (the first before its first commit), restart it at once on the
         same state folder, and count lost and duplicated requests and events; the recovery time per kill."""
         try:
             env = parse_env(worker_env)
+            if broker not in BROKER_KINDS:
+                raise ValueError(f"--broker must be one of {', '.join(BROKER_KINDS)}, got {broker!r}")
         except ValueError as exc:
             typer.echo(f"genrec bench chaos: {exc}", err=True)
             raise typer.Exit(2) from exc
@@ -341,6 +367,7 @@ def register(app: Any, bench_app: Any) -> None:
             kills=kills,
             worker_env=env,
             keep=keep,
+            broker_kind=broker,
         )
         if json_out:
             sys.stdout.write(json.dumps(result) + "\n")
