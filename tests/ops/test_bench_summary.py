@@ -117,3 +117,15 @@ def test_without_quality_json_the_table_lists_what_exists(tmp_path: Path) -> Non
 def test_the_committed_benchmarks_md_is_current_with_the_committed_json() -> None:
     assert main(["--check", "--benchmarks", str(ROOT / "BENCHMARKS.md"), "--bench-dir",
                  str(ROOT / "docs" / "bench")]) == 0, "run `python -m ops.bench_summary` and commit BENCHMARKS.md"
+
+
+def test_a_chaos_soak_gets_a_row_with_its_losses_and_recovery() -> None:
+    from ops.bench_summary import chaos_line
+
+    result = {"runs": 2, "kills": 4, "requests": 100, "events": 90, "lost_requests": 0, "lost_events": 1,
+              "duplicated_events": 0, "settings": {"rate": 80.0, "broker": "kafka"},
+              "first_answer_after_restart_s": {"p50": 2.5, "max": 4.0}, "request_latency_s": {"p99": None},
+              "command": "genrec bench chaos --broker kafka --json"}
+    cells = [c.strip() for c in chaos_line(result, "docs/bench/chaos-kafka.json").strip("|").split("|")]
+    assert cells[:9] == ["kafka", "2", "4", "40", "0 / 100", "1 / 90", "0", "2.5 s / 4 s", "—"]
+    assert cells[-1] == "[JSON](docs/bench/chaos-kafka.json)"
