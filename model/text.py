@@ -1,4 +1,4 @@
-"""Frozen text encoders for query tokens and item text (design.md §4, issue 5).
+"""Frozen text encoders for query tokens and item text (docs/architecture.md, issue 5).
 
 Two encoders share one contract (`TextEncoder`): `encode` returns float32 ``[n, dim]`` rows that are
 L2-normalised, or all zero for a blank text, and the same input gives bit-identical output.

@@ -42,6 +42,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ops.broker import BROKER_KINDS, new_broker
 from ops.chaos import (
     FAST_GROUP_ENV,
     PacedProducer,
@@ -183,22 +184,6 @@ def run_once(
         broker.stop()
         entry["wall_s"] = round(time.monotonic() - t_run, 1)
     return entry
-
-
-BROKER_KINDS = ("tansu", "kafka")
-
-
-def new_broker(kind: str, log_path: Path) -> Any:
-    """A fresh broker of `kind`: the embedded Tansu, or a single-node Apache Kafka (ops/kafka_broker.py)."""
-    if kind == "kafka":
-        from ops.kafka_broker import KafkaBroker
-
-        return KafkaBroker(log_path=log_path)
-    if kind == "tansu":
-        from ops.broker import EmbeddedBroker
-
-        return EmbeddedBroker(log_path=log_path)
-    raise ValueError(f"unknown broker kind {kind!r}: one of {', '.join(BROKER_KINDS)}")
 
 
 def _train_checkpoint(out: Path) -> Path:

@@ -1,6 +1,6 @@
 """`genrec bench online`: prequential evaluation of online learning through the real broker and workers.
 
-Protocol (design.md §4 "Streaming (prequential)"):
+Protocol (prequential: every request is scored before any model learned from its click):
 
 1. The data set's events in one global time order (ties: user, then position). The first 70 % of them train
    the starting model offline (the data set's preset, leave-one-out early stopping inside that prefix).

@@ -127,6 +127,7 @@ def _step(
     requests: int,
     failover: dict[str, Any] | None,
     say: Any,
+    worker_env: dict[str, str],
 ) -> dict[str, Any]:
     from ops.topics import TopicSpec, create_topics
 
@@ -135,6 +136,7 @@ def _step(
     asyncio.run(create_topics(bs, [TopicSpec(t, partitions) for t in names.values()]))
     env = {
         **BENCH_ENV,
+        **worker_env,
         "GENREC_PARTITIONS": str(partitions),
         "GENREC_EVENTS_TOPIC": names["events"],
         "GENREC_REQUESTS_TOPIC": names["requests"],
@@ -287,12 +289,14 @@ def run_bench_scale(
     failover_seconds: float = 40.0,
     kill_after: float = 10.0,
     failover_restart: bool = False,
+    worker_env: dict[str, str] | None = None,
+    broker_kind: str = "tansu",
     log: Any = None,
 ) -> dict[str, Any]:
     import json
 
     from ops.bench_stream import _train_tiny
-    from ops.broker import EmbeddedBroker
+    from ops.broker import new_broker
 
     def say(msg: str) -> None:
         print(f"[bench scale] {msg}", file=log or sys.stderr, flush=True)
@@ -307,8 +311,8 @@ def run_bench_scale(
         item_ids = [str(x) for x in (items if isinstance(items, list) else list(items.get("item_ids", items)))]
         user_ids = [str(u) for u in range(1, users + 1)]
         steps = []
-        with EmbeddedBroker() as broker:
-            say(f"fresh embedded broker at {broker.bootstrap}")
+        with new_broker(broker_kind) as broker:
+            say(f"fresh {broker_kind} broker at {broker.bootstrap}")
             for n in replicas:
                 fo = None
                 if failover and n == max(replicas) and n >= 2:
@@ -328,6 +332,7 @@ def run_bench_scale(
                         requests=requests,
                         failover=fo,
                         say=say,
+                        worker_env=worker_env or {},
                     )
                 )
     finally:
@@ -337,7 +342,8 @@ def run_bench_scale(
     last = steps[-1]["cpu"]
     result: dict[str, Any] = {
         "bench": "scale",
-        "broker": "tansu (embedded, memory)",
+        "broker": "tansu (embedded, memory)" if broker_kind == "tansu" else "kafka (Apache Kafka, one KRaft node)",
+        "worker_env": {**BENCH_ENV, **(worker_env or {})},
         "machine": {"cpus": cores, "python": platform.python_version()},
         "partitions": partitions,
         "users": users,

@@ -1,6 +1,6 @@
 """`genrec bench stream`: the worker under sustained load on a fresh embedded broker, and its ceilings.
 
-One run, one fresh Tansu (its memory store never frees data, design.md §6b):
+One run, one fresh Tansu (its memory store never frees data: docs/architecture.md, Brokers):
 
 1. **Ceilings.** The same pre-produced events are consumed by (a) a pass-through Faust agent, (b) a plain
    Faust agent that writes a RocksDB table once per event (the stateful ceiling: each write also produces
@@ -281,7 +281,7 @@ def _ceiling_main(mode: str, bootstrap: str, topic: str, n: int, state_dir: str,
         web_enabled=False,
         # The changelog must have the source topic's partition count (Faust's default is 8).
         topic_partitions=partitions,
-        producer_max_batch_size=64,  # the same one-record changelog batches as the worker (design.md §6)
+        producer_max_batch_size=64,  # the same one-record changelog batches as the worker (docs/architecture.md, Brokers)
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,

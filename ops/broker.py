@@ -398,3 +398,18 @@ __all__ = [
     "tansu_binary",
     "terminate_process",
 ]
+
+
+BROKER_KINDS = ("tansu", "kafka")
+
+
+def new_broker(kind: str, log_path: str | os.PathLike[str] | None = None) -> Any:
+    """A fresh, not yet started broker of `kind`: the embedded Tansu, or a single-node Apache Kafka
+    (ops/kafka_broker.py), for the benches that take `--broker`."""
+    if kind == "kafka":
+        from ops.kafka_broker import KafkaBroker
+
+        return KafkaBroker(log_path=log_path)
+    if kind == "tansu":
+        return EmbeddedBroker(log_path=log_path)
+    raise ValueError(f"unknown broker kind {kind!r}: one of {', '.join(BROKER_KINDS)}")

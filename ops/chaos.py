@@ -28,7 +28,7 @@ from ops.bench_stream import scrape, start_worker, stop_process, wait_ready
 from schemas.messages import Event, RecRequest, encode
 from streams import history_codec
 
-# Fast group membership on the embedded broker (design.md §6b): a dead member is noticed in ~4 s.
+# Fast group membership on the embedded broker (docs/architecture.md, Brokers): a dead member is noticed in ~4 s.
 FAST_GROUP_ENV = {
     "GENREC_SESSION_TIMEOUT_S": "4",
     "GENREC_HEARTBEAT_INTERVAL_S": "0.5",

@@ -1,4 +1,4 @@
-"""`genrec broker` and `genrec topics create|describe` (design.md §6, §8).
+"""`genrec broker` and `genrec topics create|describe` (README; docs/architecture.md, Brokers).
 
 Imports of aiokafka and the broker module stay inside the commands so that `genrec --help` is instant.
 """

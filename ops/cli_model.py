@@ -1,4 +1,4 @@
-"""Model commands: `genrec train`, `genrec eval`, `genrec recommend` (design.md §8)."""
+"""Model commands: `genrec train`, `genrec eval`, `genrec recommend` (README)."""
 
 from __future__ import annotations
 

@@ -89,6 +89,10 @@ def bench_scale(
         False, "--failover-restart/--no-failover-restart",
         help="Restart the killed replica at once on its state folder (a supervisor's restart).",
     ),
+    worker_env: list[str] = typer.Option(
+        [], "--worker-env", help="GENREC_NAME=VALUE over the bench's group settings (repeatable)."
+    ),
+    broker: str = typer.Option("tansu", "--broker", help="tansu (embedded) or kafka (Apache Kafka)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object last on stdout."),
     update_benchmarks: bool = typer.Option(False, "--update-benchmarks", help="Write the BENCHMARKS.md section."),
 ) -> None:
@@ -104,6 +108,16 @@ def bench_scale(
     if not counts or min(counts) < 1:
         typer.echo("genrec bench scale: --replicas needs counts ≥ 1", err=True)
         raise typer.Exit(2)
+    from ops.bench_chaos import parse_env
+    from ops.broker import BROKER_KINDS
+
+    try:
+        env = parse_env(worker_env)
+        if broker not in BROKER_KINDS:
+            raise ValueError(f"--broker must be one of {', '.join(BROKER_KINDS)}, got {broker!r}")
+    except ValueError as exc:
+        typer.echo(f"genrec bench scale: {exc}", err=True)
+        raise typer.Exit(2) from exc
     result = run_bench_scale(
         checkpoint=checkpoint,
         replicas=counts,
@@ -115,6 +129,8 @@ def bench_scale(
         failover_seconds=failover_seconds,
         kill_after=kill_after,
         failover_restart=failover_restart,
+        worker_env=env,
+        broker_kind=broker,
     )
     if update_benchmarks:
         command = "genrec bench scale " + shlex.join(a for a in sys.argv[3:] if a != "--update-benchmarks")

@@ -1,4 +1,4 @@
-"""`genrec worker`, `genrec replay` and `genrec bench stream` (design.md §5, §8).
+"""`genrec worker`, `genrec replay` and `genrec bench stream` (README; docs/architecture.md).
 
 Heavy imports (faust, torch, the data loaders) stay inside the commands.
 """

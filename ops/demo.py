@@ -1,4 +1,4 @@
-"""`genrec demo` (what `make demo` runs): the main job end to end on the embedded default (design.md §8).
+"""`genrec demo` (what `make demo` runs): the main job end to end on the embedded default (README).
 
 1. an embedded Tansu broker on a free loopback port, with the genrec topics;
 2. a model: `--checkpoint`, else a short `genrec train` on ML-100K (or on the generated data set, said

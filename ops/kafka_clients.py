@@ -1,4 +1,4 @@
-"""aiokafka client factories for the ops tools and the tests (design.md §6, §6b).
+"""aiokafka client factories for the ops tools and the tests (docs/architecture.md, Brokers).
 
 Two settings here exist only because of the embedded broker (Tansu), and both are harmless on
 Apache Kafka:
@@ -59,7 +59,7 @@ class KafkaConfigError(ValueError):
 
 
 def default_bootstrap(env: Mapping[str, str] | None = None) -> str:
-    """`GENREC_BOOTSTRAP` if set, else 127.0.0.1:9092 (design.md §8)."""
+    """`GENREC_BOOTSTRAP` if set, else 127.0.0.1:9092 (README)."""
     env = os.environ if env is None else env
     return env.get(BOOTSTRAP_ENV) or DEFAULT_BOOTSTRAP
 

@@ -1,7 +1,7 @@
 """`genrec load`: paced requests (and query events) onto Kafka, results read back, a latency report.
 
 Each request carries a fresh `request_id`; a query event's `event_id` is the `request_id` of the search it
-triggers (design.md §8), so both are matched the same way. Latency is result received − request sent, both
+triggers (README), so both are matched the same way. Latency is result received − request sent, both
 on this machine's clock, for the first result of each id; later results with the same id are counted as
 duplicates (at least once: a failover may answer twice, never zero times). The partition every record went
 to comes from the broker's acknowledgement, so a report can be cut by partition (which replica owned it).

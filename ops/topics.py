@@ -1,4 +1,4 @@
-"""Topic provisioning (design.md §3): create the genrec topics idempotently and describe them.
+"""Topic provisioning (README, Messages): create the genrec topics idempotently and describe them.
 
 Partition counts matter: the worker's tables are co-partitioned with `genrec.events` and
 `genrec.requests` (keyed by user), so both must have the same count, and it must not change once
@@ -27,7 +27,7 @@ COMPACT = {"cleanup.policy": "compact"}
 
 @dataclass(frozen=True)
 class TopicNames:
-    """Defaults of design.md §3; every name can be overridden (flags, env)."""
+    """The README's topic defaults; every name can be overridden (flags, env)."""
 
     events: str = "genrec.events"
     requests: str = "genrec.requests"

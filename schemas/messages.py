@@ -1,4 +1,4 @@
-"""Messages on every genrec topic (design.md §3, §8).
+"""Messages on every genrec topic (README, Messages).
 
 Unknown fields are ignored; missing or ill-typed fields are errors; every size is bounded so that a
 message cannot make a worker allocate without limit. Values are UTF-8 JSON objects on the wire.

@@ -1,4 +1,4 @@
-"""The genrec Faust worker (design.md §5): ingest and infer agents over a per-user RocksDB table.
+"""The genrec Faust worker (docs/architecture.md): ingest and infer agents over a per-user RocksDB table.
 
     genrec.events ──ingest──▶ user_history (RocksDB, changelog-backed, co-partitioned by user)
          │ query events ──────────▶ genrec.requests
@@ -56,7 +56,7 @@ class KafkaOutput(Service):
     """A second, normally batched producer for results, forwards and dead letters.
 
     Faust's own producer must send one-record batches for the changelog's sake on the embedded broker
-    (design.md §6); results do not need that, and batching them is what makes high request rates cheap.
+    (docs/architecture.md, Brokers); results do not need that, and batching them is what makes high request rates cheap.
     """
 
     def __init__(self, settings: StreamSettings, **kwargs: Any) -> None:

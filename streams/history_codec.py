@@ -1,4 +1,4 @@
-"""Per-user history as one compact binary value (the `user_history` table's value; design.md §5).
+"""Per-user history as one compact binary value (the `user_history` table's value; docs/architecture.md).
 
 The last L item events of a user, oldest first, plus the hashes of the user's most recent event ids
 so that a redelivered event is recognised and not appended twice. Raw item ids are stored (not

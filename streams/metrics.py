@@ -1,4 +1,4 @@
-"""Prometheus metrics of one worker (design.md §5 Observability), on a registry of its own.
+"""Prometheus metrics of one worker (README, metrics; docs/architecture.md), on a registry of its own.
 
 Rates (events/s, requests/s) are `rate()` of the counters; lag is computed at scrape time.
 """

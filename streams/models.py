@@ -1,4 +1,4 @@
-"""Model versions on `genrec.models` (design.md §5): every replica follows the topic through a global
+"""Model versions on `genrec.models` (docs/architecture.md): every replica follows the topic through a global
 table (key "model" → the latest `ModelVersion`; see `ModelsTopicTable`), loads a new version off the
 event loop, verifies its sha256, and swaps it in between two inference batches. A version that cannot be
 loaded or verified is refused and the current one keeps serving.
@@ -61,7 +61,7 @@ class ModelsTopicTable(Service):
         await c.seek_to_beginning(*tps)
 
     async def _declare(self) -> None:
-        """The topic must exist before it is read: one partition (design.md §3), compacted, created if missing.
+        """The topic must exist before it is read: one partition (ops/topics.py), compacted, created if missing.
 
         Compacted: it holds one key read whole, and time-based retention would one day delete the version being
         served (a replica started after that would serve its --checkpoint instead)."""
@@ -195,5 +195,5 @@ def version_message(info: VersionInfo, kind: str = "publish") -> ModelVersion:
 
 async def publish_version(producer: Any, topic: str, msg: ModelVersion) -> None:
     """One record, confirmed. The producer must send one-record batches on the embedded broker: the replicas'
-    global tables recover this topic by its end offset (design.md §6)."""
+    global tables recover this topic by its end offset (docs/architecture.md, Brokers)."""
     await producer.send_and_wait(topic, key=MODEL_KEY, value=encode(msg))

@@ -1,6 +1,6 @@
 """Worker configuration: one pydantic-settings object (env `GENREC_*`, overridden by CLI flags).
 
-Defaults are tuned for the embedded broker (design.md §6, §6b): one-record changelog batches,
+Defaults are tuned for the embedded broker (docs/architecture.md, Brokers): one-record changelog batches,
 a short fetch wait, short group timeouts. On Apache Kafka raise `producer_max_batch_size` and the
 timeouts through the environment.
 """
@@ -108,7 +108,7 @@ class StreamSettings(BaseSettings):
     # json: one JSON object per log line (time, level, logger, message, process, worker_id; streams/logs.py).
     log_format: Literal["text", "json"] = "text"
 
-    # Topics (design.md §3).
+    # Topics (README, Messages).
     events_topic: str = "genrec.events"
     requests_topic: str = "genrec.requests"
     results_topic: str = "genrec.results"

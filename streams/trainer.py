@@ -1,4 +1,4 @@
-"""The trainer role (design.md §5; `genrec worker --role trainer`, one replica).
+"""The trainer role (docs/architecture.md; `genrec worker --role trainer`, one replica).
 
     genrec.events  ──▶ trainer_history (RocksDB, changelog) ──▶ example: history + event + last served list
     genrec.results ──▶ trainer_served  (the user's last served list: its non-clicked items are impressions)

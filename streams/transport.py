@@ -15,7 +15,7 @@ None of them can drop a message, only deliver one again: agents are idempotent o
 request twice (at-least-once).
 
 Faust 0.15.3 passes `fetch_max_wait_ms=1500` to the worker's AIOKafkaConsumer, hard-coded. A broker
-that holds a fetch until that wait runs out when data is sparse (Tansu does, design.md §6b) then adds
+that holds a fetch until that wait runs out when data is sparse (Tansu does: docs/architecture.md, Brokers) then adds
 up to 1.5 s of latency to every request at low rates. Apache Kafka answers as soon as data is there,
 so a low value costs nothing there but a few more empty fetches.
 """

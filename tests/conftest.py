@@ -169,7 +169,7 @@ def any_bootstrap(any_broker: BrokerProcess) -> str:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The real public data sets (design.md §7): ../shared/data next to the repo, or $GENREC_DATA_DIR."""
+    """The real public data sets (README): ../shared/data next to the repo, or $GENREC_DATA_DIR."""
     override = os.environ.get("GENREC_DATA_DIR")
     path = Path(override) if override else Path(__file__).parents[1].parent / "shared" / "data"
     if not path.is_dir():

@@ -1,4 +1,4 @@
-"""`genrec broker [--kind tansu|kafka] --port P` (design.md §8): foreground, prints `ready`, stops cleanly on
+"""`genrec broker [--kind tansu|kafka] --port P` (README): foreground, prints `ready`, stops cleanly on
 SIGTERM/SIGINT."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ class Prefilled:
 
 def prefill_history_changelog(bootstrap: str, app_prefix: str, n_users: int, now_ms: int) -> Prefilled:
     """Fresh topics and a compacted changelog of `n_users` one-event histories and the probe's five events,
-    one record per produce batch: Faust's recovery trusts the broker's end offsets (design.md §6)."""
+    one record per produce batch: Faust's recovery trusts the broker's end offsets (docs/architecture.md, Brokers)."""
     from ops.kafka_clients import make_producer
 
     partitions = int(FAST_GROUP_ENV["GENREC_PARTITIONS"])

@@ -92,7 +92,7 @@ def bootstrap(tmp_path: Path, broker_kind: str) -> Iterator[str]:
     """A broker of this test's own, not the session's: Tansu, or Apache Kafka for the `[kafka]` run.
 
     The failover is measured on a fresh cluster, as an operator's would be, not on one that holds every record
-    of ~300 earlier tests (its memory store never frees data; design.md §6b advises a fresh broker for long
+    of ~300 earlier tests (its memory store never frees data; docs/architecture.md's Brokers section advises a fresh broker for long
     runs). That broker state was once suspected of a survivor's hung restore; the changelog probe below ruled
     it out (RELIABILITY.md).
     """
@@ -334,7 +334,7 @@ def _uncommitted(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int 
     """partition → (committed, last offset + 1) where the group's commit is behind the partition's records.
 
     The end is read from the records themselves: the embedded broker's end offsets are wrong after
-    multi-record produce batches (design.md §6), which the load generator sends.
+    multi-record produce batches (docs/architecture.md, Brokers), which the load generator sends.
     """
     from aiokafka import TopicPartition
 
