@@ -93,8 +93,8 @@ def bootstrap(tmp_path: Path, broker_kind: str) -> Iterator[str]:
 
     The failover is measured on a fresh cluster, as an operator's would be, not on one that holds every record
     of ~300 earlier tests (its memory store never frees data; docs/architecture.md's Brokers section advises a
-    fresh broker for long runs). That broker state was once suspected of a survivor's hung restore; the changelog probe below ruled
-    it out (RELIABILITY.md).
+    fresh broker for long runs). That broker state was once suspected of a survivor's hung restore; the
+    changelog probe below ruled it out (RELIABILITY.md).
     """
     new_broker = new_kafka_broker if broker_kind == "kafka" else new_embedded_broker
     with new_broker(log_path=tmp_path / "broker.log") as broker:
