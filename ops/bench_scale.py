@@ -15,6 +15,7 @@ of a killed replica's partition, counted from the kill (target ≤ 30 s).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
@@ -306,7 +307,8 @@ def run_bench_scale(
         if checkpoint is None:
             checkpoint = work / "ckpt"
             say("training a tiny checkpoint on synthetic data")
-            _train_tiny(checkpoint)
+            with contextlib.redirect_stdout(sys.stderr):  # stdout carries the one JSON object
+                _train_tiny(checkpoint)
         items = json.loads((checkpoint / "items.json").read_text())
         item_ids = [str(x) for x in (items if isinstance(items, list) else list(items.get("item_ids", items)))]
         user_ids = [str(u) for u in range(1, users + 1)]
