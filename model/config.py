@@ -163,8 +163,9 @@ class TrainConfig(_Config):
     random_crop: bool = True
     seed: int = 42
     threads: int = Field(default=0, ge=0)  # 0: torch's default
-    # "auto": a CUDA GPU when torch sees one, else the CPU. Results are not bit-identical across devices.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto": a CUDA GPU when torch sees one, else the CPU; "cuda[:N]" fails without one (model/device.py,
+    # `--device` / GENREC_DEVICE). Results are not bit-identical across devices.
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     eval_batch_size: int = Field(default=256, ge=1)
     # Validation and test leave each user's seen items out of the full ranking (SASRec's and HSTU's protocol).
     eval_exclude_seen: bool = True

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.data import SequenceDataset, load_item_meta
+from model.device import autocast_dtype, inference_autocast, resolve_device
 from model.generative import GenerativeRecommender
 from model.recommendation import Recommendation
 from model.text import clean_query
@@ -99,17 +100,21 @@ def served_order(scores: torch.Tensor, k_prime: int, tau: float, order: ServingO
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`model.device.resolve_device`: "auto"/None picks CUDA when present; "cuda" without a GPU is an error."""
+    return resolve_device(device)
 
 
 class Recommender:
     """A loaded model plus its item vocabulary; `recommend` is synchronous and serves a whole batch."""
 
     def __init__(self, ckpt: Checkpoint, device: str | None = None, k_prime: int = DEFAULT_K_PRIME,
-                 k_prime_search: int = DEFAULT_K_PRIME_SEARCH, order: ServingOrder | None = None) -> None:
+                 k_prime_search: int = DEFAULT_K_PRIME_SEARCH, order: ServingOrder | None = None,
+                 autocast: bool = True) -> None:
         self.device = pick_device(device)
+        # bf16/fp16 forward passes on CUDA (model/device.py); scores are cast back to fp32 before they are
+        # masked, sorted and returned. None on the CPU: the CPU path is unchanged fp32.
+        self.autocast = autocast
+        self.autocast_dtype = autocast_dtype(self.device) if autocast else None
         self.model: GenerativeRecommender = ckpt.model.to(self.device).eval()
         self.cfg = self.model.cfg
         self.item_ids = ckpt.item_ids
@@ -131,8 +136,10 @@ class Recommender:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, expected_sha256: str | None = None,
                         k_prime: int = DEFAULT_K_PRIME, k_prime_search: int = DEFAULT_K_PRIME_SEARCH,
-                        order: ServingOrder | None = None) -> Recommender:
-        return cls(load_checkpoint(path, "cpu", expected_sha256), device, k_prime, k_prime_search, order)
+                        order: ServingOrder | None = None, autocast: bool = True) -> Recommender:
+        # The device is checked before the (seconds-long) load, so "cuda" on a CPU-only host fails at once.
+        pick_device(device)
+        return cls(load_checkpoint(path, "cpu", expected_sha256), device, k_prime, k_prime_search, order, autocast)
 
     @property
     def max_events(self) -> int:
@@ -191,9 +198,12 @@ class Recommender:
         tb = tokenize([h.items for h in hist], [h.actions for h in hist], [h.ts_ms // 1000 for h in hist],
                       self.cfg.interleave_actions, queries=query_rows if row else None, query_vecs=qvecs)
         batch = self.model.to_tensors(tb)
-        h, cache = self.model.encode(batch)
-        scores = self.model.retrieval_scores(h[:, -1], self.model.query_vectors(batch, batch["query"][:, -1]),
-                                             self.item_table)
+        with inference_autocast(self.device, self.autocast):
+            h, cache = self.model.encode(batch)
+            scores = self.model.retrieval_scores(h[:, -1], self.model.query_vectors(batch, batch["query"][:, -1]),
+                                                 self.item_table)
+        # fp32 from here on: the -inf masks, the sort and numpy (which has no bf16) see full-precision keys.
+        scores = scores.float()
         # Every item of the history passed in is excluded, also those older than the L events the model reads.
         for b, full in enumerate(histories):
             if excl[b] and len(full):
@@ -205,7 +215,9 @@ class Recommender:
         now_t = torch.as_tensor(now_s, device=scores.device)
 
         def rank_fn(items: torch.Tensor, _retrieval: torch.Tensor) -> torch.Tensor:
-            return self.model.score_candidates(items, now_t[:, None].expand_as(items), cache, user=h[:, -1])
+            with inference_autocast(self.device, self.autocast):
+                logit = self.model.score_candidates(items, now_t[:, None].expand_as(items), cache, user=h[:, -1])
+            return logit.float()
 
         lists = served_order(scores, kp, self.cfg.tau, self.order, rank_fn if self.cfg.ranking_trained else None,
                              per_row_kp)

@@ -28,6 +28,7 @@ from model.candidates import (
 )
 from model.config import ModelConfig, TrainConfig
 from model.data import SequenceDataset, eval_users, split_lengths
+from model.device import resolve_device
 from model.evaluate import evaluate
 from model.generative import GenerativeRecommender
 from model.losses import full_softmax_nce, info_nce, log_sampling_prob, ranking_loss, sample_negatives
@@ -385,8 +386,7 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
     set_seed(tcfg.seed)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    device = torch.device("cuda" if tcfg.device == "cuda" or (tcfg.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = resolve_device(tcfg.device)  # "cuda" without a GPU fails here, before any work
     model = GenerativeRecommender(mcfg, item_text).to(device)
     if retriever is not None:
         retriever = retriever.to(device)

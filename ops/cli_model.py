@@ -12,8 +12,21 @@ import typer
 DatasetOpt = Annotated[str, typer.Option(
     "--dataset", help="ml-100k | ml-1m | amazon | amazon-beauty | synthetic | interactions (your own "
     "DIR/interactions.csv or .parquet [+ items.csv], model/interactions.py)")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", envvar="GENREC_DEVICE",
+    help="auto | cpu | cuda[:N] (auto: a CUDA GPU when torch sees one, else the CPU; cuda without one is an error)")]
 DataDirOpt = Annotated[Path | None, typer.Option(
     "--data-dir", help="folder holding the data set (../shared/data; interactions: the folder of interactions.csv)")]
+
+
+def check_device(device: str | None) -> Any:
+    """The torch device, or a usage error (no traceback) for an unknown name or a GPU this machine lacks."""
+    from model.device import DeviceUnavailableError, resolve_device
+
+    try:
+        return resolve_device(device)
+    except DeviceUnavailableError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--device") from exc
 
 
 def load_data(dataset: str, data_dir: Path | None) -> Any:
@@ -87,6 +100,7 @@ def train(
     search: Annotated[bool | None, typer.Option("--search/--no-search", help="joint search + recommendation")] = None,
     text_encoder: Annotated[str | None, typer.Option(help="minilm | hashed (query and item text encoder)")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    device: DeviceOpt = None,
     refit_from: Annotated[Path | None, typer.Option(
         "--refit-from", help="checkpoint of a validated run with the same settings: retrain from scratch on train + "
         "validation for its best epoch count and LR steps, no early stopping (HSTU's ML-1M protocol)")] = None,
@@ -97,7 +111,7 @@ def train(
     from model.train import fit_and_test, refit_schedule
 
     flags: dict[str, Any] = {"task": task, "enhancer.enabled": enhancer, "weighter.mode": weighting,
-                             "search.enabled": search, "search.encoder": text_encoder}
+                             "search.enabled": search, "search.encoder": text_encoder, "device": device}
     if refit_from is not None:
         try:
             done = json.loads((refit_from / "metrics.json").read_text())
@@ -106,7 +120,8 @@ def train(
             raise typer.BadParameter(f"{refit_from}: no finished validated run to refit from ({e})") from e
         if epochs is not None:
             raise typer.BadParameter("--refit-from sets the epochs (the validated run's best epoch); drop --epochs")
-    run = load_run_config(dataset, config, epochs, flags)
+    run = load_run_config(dataset, config, epochs, flags)  # the flag (or env), else the config file's device
+    check_device(run.train.device)  # before the data set loads: "cuda" on a CPU-only host fails in a second
     ds = load_data(dataset, data_dir)
     model_over = dict(run.model)
     if time_rope is not None:
@@ -156,12 +171,15 @@ def eval_cmd(
         "--exclude-seen/--include-seen",
         help="leave each user's seen items out of the ranking (SASRec/HSTU protocol) or rank them too",
     )] = True,
+    device: DeviceOpt = None,
 ) -> None:
     """Evaluate a checkpoint with the papers' protocol (leave-one-out, full ranking)."""
     from model.checkpoint import load_checkpoint
     from model.evaluate import evaluate
 
+    dev = check_device(device)
     ckpt = load_checkpoint(checkpoint)
+    ckpt.model.to(dev)
     if split == "valid" and ckpt.meta.get("train", {}).get("refit"):
         raise typer.BadParameter(f"{checkpoint} is a refit: it trained on the validation targets; evaluate on test")
     ds = load_data(dataset, data_dir)
@@ -196,11 +214,12 @@ def recommend(
     query: Annotated[str | None, typer.Option(help="search query (personalized search)")] = None,
     exclude_seen: Annotated[bool, typer.Option("--exclude-seen/--include-seen")] = True,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Recommend for users of a data set, their full history as context (serving path)."""
     from model.serving import Recommender, item_titles
 
-    rec = Recommender.from_checkpoint(checkpoint)
+    rec = Recommender.from_checkpoint(checkpoint, device=str(check_device(device)))
     ds = load_data(dataset, data_dir)
     titles = item_titles(ds, data_dir)
     index = {u: i for i, u in enumerate(ds.user_ids)}

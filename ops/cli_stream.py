@@ -42,6 +42,9 @@ def worker(
     max_wait_ms: float | None = typer.Option(None, "--max-wait-ms", help="Longest wait to fill a batch."),
     history_len: int | None = typer.Option(None, "--history-len", help="Events kept per user (L)."),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads for inference (default: torch's)."),
+    # No envvar here: StreamSettings reads GENREC_DEVICE itself, and a flag given wins over it.
+    device: str | None = typer.Option(None, "--device", help="Where the model serves (env GENREC_DEVICE): auto | "
+                                      "cpu | cuda[:N]; auto: a CUDA GPU when torch sees one, else the CPU."),
     log_level: str | None = typer.Option(None, "--log-level"),
 ) -> None:
     """Run a worker in the foreground until SIGTERM (graceful) — ingest + infer agents over RocksDB."""
@@ -75,6 +78,7 @@ def worker(
             max_wait_ms=max_wait_ms,
             history_len=history_len,
             torch_threads=threads,
+            device=device,
             log_level=log_level,
         )
     except ValidationError as exc:

@@ -177,7 +177,7 @@ class ModelHolder(Service):
             ckpt = s.checkpoint
 
             def loader() -> RecommenderLike:
-                return load_recommender(ckpt)
+                return load_recommender(ckpt, s.device)
         else:
             raise RuntimeError("the infer role needs a checkpoint (--checkpoint or GENREC_CHECKPOINT)")
         t0 = time.perf_counter()
@@ -188,10 +188,11 @@ class ModelHolder(Service):
             ckpt_path = s.checkpoint
             runner: InferenceRunner = await loop.run_in_executor(
                 None, lambda: ProcessInferenceRunner(ckpt_path, torch_threads=s.torch_threads,
-                                                     call_timeout_s=s.inference_timeout_s)
+                                                     call_timeout_s=s.inference_timeout_s, device=s.device)
             )
         else:
-            runner = InferenceRunner(await loop.run_in_executor(None, loader), torch_threads=s.torch_threads)
+            runner = InferenceRunner(await loop.run_in_executor(None, loader), torch_threads=s.torch_threads,
+                                     device=s.device)
         max_events = runner.recommender.max_events
         if s.history_len < max_events:
             log.warning("history_len=%d keeps fewer events than the model reads (%d)", s.history_len, max_events)

@@ -60,7 +60,7 @@ class ChildError(RuntimeError):
 # ------------------------------------------------------------------------------------------- the child
 
 
-def _child_main(conn: Connection, torch_threads: int) -> None:
+def _child_main(conn: Connection, torch_threads: int, device: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import torch
@@ -85,7 +85,7 @@ def _child_main(conn: Connection, torch_threads: int) -> None:
             if op == "load":
                 # Loaded, hash-checked and probed here, once: the parent never loads the model. Until all of
                 # that passed, the current model keeps serving.
-                rec = load_version(msg["path"], msg.get("sha256"), msg.get("version"))
+                rec = load_version(msg["path"], msg.get("sha256"), msg.get("version"), device)
                 reply: dict[str, Any] = {"ok": True, "version": rec.version, "max_events": rec.max_events}
             else:
                 raise ValueError(f"unknown op {op!r}")
@@ -199,8 +199,10 @@ class ProcessInferenceRunner(InferenceRunner):
 
     def __init__(self, checkpoint: Path | str, *, expected_sha256: str | None = None,
                  torch_threads: int | None = None, start_timeout_s: float = 300.0,
-                 call_timeout_s: float = 60.0) -> None:
+                 call_timeout_s: float = 60.0, device: str | None = None) -> None:
         self._torch_threads_child = torch_threads or default_torch_threads()
+        # The child puts the model on this device (model/device.py); the parent never touches the GPU.
+        self._device_child = device
         self._lock = threading.Lock()  # one command on the pipe at a time (batches and swaps)
         self._start_timeout_s = start_timeout_s
         # A batch the child has not answered in this long is given up: the child is killed and restarted.
@@ -212,13 +214,14 @@ class ProcessInferenceRunner(InferenceRunner):
         self._version: str = reply["version"]
         self.max_events: int = int(reply["max_events"])
         self.last_version = self._version
-        super().__init__(_VersionOnly(self._version, self.max_events), torch_threads=torch_threads)
+        super().__init__(_VersionOnly(self._version, self.max_events), torch_threads=torch_threads, device=device)
 
     def _start_child(self) -> dict[str, Any]:
         """Spawn a child and have it load the serving version; on any failure the child is stopped."""
         ctx = mp.get_context("spawn")  # never fork a process that runs an event loop and torch threads
         self._conn, child_conn = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_child_main, args=(child_conn, self._torch_threads_child),
+        self._proc = ctx.Process(target=_child_main,
+                                 args=(child_conn, self._torch_threads_child, self._device_child),
                                  name="genrec-infer", daemon=True)
         self._proc.start()
         child_conn.close()
@@ -292,6 +295,10 @@ class ProcessInferenceRunner(InferenceRunner):
                 from model.checkpoint import CheckpointError
 
                 raise CheckpointError(text)
+            if reply.get("type") == "DeviceUnavailableError":  # e.g. GENREC_DEVICE=cuda on a host without a GPU
+                from model.device import DeviceUnavailableError
+
+                raise DeviceUnavailableError(text)
             refused = {"ProbeFailed": ProbeFailed, "VersionMismatch": VersionMismatch}.get(str(reply.get("type")))
             if refused is not None:
                 raise refused(text)

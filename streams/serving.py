@@ -169,8 +169,11 @@ def default_torch_threads() -> int:
 class InferenceRunner:
     """Runs batches on a single inference thread; one call at a time (the model is not re-entrant)."""
 
-    def __init__(self, recommender: RecommenderLike, *, torch_threads: int | None = None) -> None:
+    def __init__(self, recommender: RecommenderLike, *, torch_threads: int | None = None,
+                 device: str | None = None) -> None:
         self.recommender = recommender
+        # Versions swapped in later load onto the same device as the first (model/device.py).
+        self.device = device
         # The version that served the latest batch: a swap may land right after a batch and before its
         # results are written, so results must not read `version`.
         self.last_version = recommender.version
@@ -199,7 +202,7 @@ class InferenceRunner:
         batches and never under one.
         """
         loop = asyncio.get_running_loop()
-        new = await loop.run_in_executor(None, load_version, path, expected_sha256, expected_version)
+        new = await loop.run_in_executor(None, load_version, path, expected_sha256, expected_version, self.device)
         old = self.recommender.version
         await loop.run_in_executor(self._executor, self._set, new)
         log.info("model %s → %s", old, new.version)

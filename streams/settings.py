@@ -130,6 +130,9 @@ class StreamSettings(BaseSettings):
     # /health answers 503 when a piece of work (an event, an inference batch) runs longer than this.
     health_stuck_s: float = Field(default=180.0, gt=0)
     torch_threads: int | None = Field(default=None, ge=1)
+    # Where the model serves (model/device.py): auto = a CUDA GPU when torch sees one; "cuda" without a GPU fails
+    # the model load with the reason. Env GENREC_DEVICE, flag --device.
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     # The model runs in a child process with a GIL of its own (streams/inference_process.py); off: on a
     # thread of the worker process, where every torch op waits for the GIL whenever the event loop holds it.
     inference_process: bool = True
