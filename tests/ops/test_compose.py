@@ -183,15 +183,43 @@ def test_prometheus_scrapes_every_worker_replica(services: dict[str, Any]) -> No
     assert jobs["genrec-trainer"]["static_configs"][0]["targets"] == [f"trainer:{worker_port}"]
 
 
-def test_dockerfile_installs_cpu_torch_before_the_project() -> None:
-    lines = [line.strip() for line in (REPO / "ops" / "Dockerfile").read_text().splitlines()]
-    assert next(line for line in lines if line.startswith("FROM")) == "FROM python:3.11-slim"
-    lines = [line for line in lines if line and not line.startswith("#")]
-    torch_line = next(i for i, line in enumerate(lines) if "torch==2.13.0" in line)
-    assert "--index-url https://download.pytorch.org/whl/cpu" in lines[torch_line]
-    project_line = next(
-        i for i, line in enumerate(lines) if re.search(r"pip install (--no-deps )?\.(\s|$)", line)
-    )
-    assert torch_line < project_line
-    assert 'ENTRYPOINT ["genrec"]' in lines
+DOCKERFILE = REPO / "ops" / "Dockerfile"
+
+
+def _stages() -> dict[str, tuple[str, list[str]]]:
+    """Each build stage of ops/Dockerfile: name → (base, instructions without comments and blank lines)."""
+    stages: dict[str, tuple[str, list[str]]] = {}
+    current: list[str] = []
+    for raw in DOCKERFILE.read_text().replace("\\\n", " ").splitlines():
+        line = " ".join(raw.split())
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"FROM (\S+) AS (\S+)", line)
+        if m:
+            current = []
+            stages[m.group(2)] = (m.group(1), current)
+        else:
+            current.append(line)
+    return stages
+
+
+def test_dockerfile_has_a_cpu_default_and_a_cuda_target_with_the_exact_torch() -> None:
+    stages = _stages()
+    assert list(stages)[-1] == "cpu"  # the last stage is what a plain `docker build` (and compose) builds
+    assert stages["cpu"][0] == "torch-cpu" and stages["cuda"][0] == "torch-cuda"
+    assert stages["torch-cpu"][0] == stages["torch-cuda"][0] == "base"
+    assert stages["base"][0] == "python:3.11-slim"
+    assert re.search(r"^ARG TORCH_VERSION=2\.13\.0$", DOCKERFILE.read_text(), re.M)
+    cpu_torch = " ".join(stages["torch-cpu"][1])
+    assert "--index-url https://download.pytorch.org/whl/cpu torch==${TORCH_VERSION}" in cpu_torch
+    # PyPI's Linux torch is the CUDA build: the cuda stage installs it from there, at the same version.
+    cuda_torch = " ".join(stages["torch-cuda"][1])
+    assert "pip install torch==${TORCH_VERSION}" in cuda_torch and "/whl/cpu" not in cuda_torch
+    # The two images differ only in their torch.
+    assert stages["cpu"][1] == stages["cuda"][1]
+    app = stages["cpu"][1]
+    deps = next(line for line in app if re.search(r"pip install \"\.", line))
+    assert '".${GENREC_EXTRAS:+[$GENREC_EXTRAS]}"' in deps  # extras are opt-in: the image is the core install
+    assert app.index(deps) < app.index("RUN pip install --no-deps . && rm -rf build *.egg-info")
+    assert 'ENTRYPOINT ["genrec"]' in app
     assert ".venv" in (REPO / ".dockerignore").read_text().split()
