@@ -4,7 +4,11 @@ parsed, interpolated the way Compose does, and the genrec commands in them parse
 from __future__ import annotations
 
 import base64
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +16,7 @@ import pytest
 import typer
 import yaml
 
-from ops import cli_infra
+from ops import cli_infra, cli_model
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.kafka.yml"
@@ -67,7 +71,9 @@ def test_every_variable_has_a_default() -> None:
 
 
 def test_services_and_profiles(services: dict[str, Any]) -> None:
-    assert {"kafka", "topics", "worker", "trainer", "prometheus"} <= _active(services, set())
+    assert {"kafka", "topics", "model-init", "worker", "trainer", "prometheus", "grafana-secret", "grafana"} <= _active(
+        services, set()
+    )
     assert not {"kafka-2", "kafka-3"} & _active(services, set())
     assert {"kafka-2", "kafka-3"} <= _active(services, {"three-brokers"})
     assert not any("zookeeper" in name for name in services)
@@ -223,3 +229,79 @@ def test_dockerfile_has_a_cpu_default_and_a_cuda_target_with_the_exact_torch() -
     assert app.index(deps) < app.index("RUN pip install --no-deps . && rm -rf build *.egg-info")
     assert 'ENTRYPOINT ["genrec"]' in app
     assert ".venv" in (REPO / ".dockerignore").read_text().split()
+
+
+def test_compose_builds_the_cpu_target_by_default(services: dict[str, Any]) -> None:
+    targets = {svc["build"]["target"] for svc in services.values() if "build" in svc}
+    assert targets == {"cpu"}
+    assert _load({"GENREC_IMAGE_TARGET": "cuda"})["services"]["worker"]["build"]["target"] in _stages()
+
+
+def test_no_data_folder_is_needed_the_first_model_trains_on_generated_data(services: dict[str, Any]) -> None:
+    assert "../shared" not in COMPOSE.read_text()
+    init = services["model-init"]
+    assert not [v for v in init["volumes"] if v.split(":")[1] == "/data"]
+    script = init["command"][0]
+    assert script.startswith("test -e /models/initial ||")
+    train_args = shlex.split(script.split("genrec train", 1)[1].split("&&", 1)[0])
+    app = typer.Typer()
+    cli_model.register(app, typer.Typer())
+    train = typer.main.get_command(app).commands["train"]
+    ctx = train.make_context("train", train_args)  # an unknown flag or a bad value raises
+    assert ctx.params["dataset"] == "synthetic"
+    from model.data import load_dataset
+
+    assert len(load_dataset("synthetic", None).item_ids) > 0  # what it trains on: no files
+    for svc in ("worker", "trainer"):
+        assert services[svc]["depends_on"]["model-init"]["condition"] == "service_completed_successfully"
+
+
+def test_the_data_override_mounts_a_required_folder_read_only() -> None:
+    override = yaml.safe_load((REPO / "ops" / "compose-data.yml").read_text())
+    (volume,) = override["services"]["model-init"]["volumes"]
+    assert volume.startswith("${GENREC_DATA_HOST_DIR:?") and volume.endswith(":/data:ro")
+
+
+def test_every_published_port_is_bound_to_loopback(compose: dict[str, Any]) -> None:
+    published = [p for svc in compose["services"].values() for p in svc.get("ports", [])]
+    assert len(published) == 5  # three Kafka nodes, Prometheus, Grafana
+    for port in published:
+        assert str(port).startswith("127.0.0.1:"), port
+    moved = _load({"GENREC_HOST_BIND": "10.0.0.5"})["services"]["grafana"]["ports"]
+    assert moved == ["10.0.0.5:3000:3000"]
+
+
+def test_grafana_has_no_anonymous_access_and_no_committed_password(services: dict[str, Any]) -> None:
+    env = services["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"].startswith("/secrets/")
+    assert any(v.startswith("grafana-secret:/secrets") for v in services["grafana"]["volumes"])
+    assert services["grafana"]["depends_on"]["grafana-secret"]["condition"] == "service_completed_successfully"
+    assert not re.search(r"GRAFANA_ADMIN_PASSWORD:-[^}]", COMPOSE.read_text())  # no default secret
+
+
+def _grafana_secret(services: dict[str, Any], tmp_path: Path, *args: str, password: str = "") -> str:
+    """Runs the grafana-secret program as the container would, with its volume at tmp_path."""
+    entry = services["grafana-secret"]["entrypoint"]
+    assert entry[:2] == ["python", "-c"]
+    code = entry[2].replace("/secrets/", f"{tmp_path}/")
+    env = {**os.environ, "GRAFANA_ADMIN_PASSWORD": password}
+    argv = list(args) or services["grafana-secret"]["command"]
+    done = subprocess.run([sys.executable, "-c", code, *entry[3:], *argv], env=env, capture_output=True,
+                          text=True, check=True, timeout=30)
+    return done.stdout.strip()
+
+
+def test_grafana_password_is_generated_once_or_taken_from_the_environment(
+    services: dict[str, Any], tmp_path: Path
+) -> None:
+    secret = tmp_path / "grafana-admin-password"
+    _grafana_secret(services, tmp_path)
+    first = secret.read_text()
+    assert len(first) >= 20
+    _grafana_secret(services, tmp_path)
+    assert secret.read_text() == first  # kept across restarts
+    assert _grafana_secret(services, tmp_path, "cat") == first
+    _grafana_secret(services, tmp_path, password="chosen-by-the-operator")
+    assert secret.read_text() == "chosen-by-the-operator"
