@@ -54,11 +54,33 @@ class ModelsTopicTable(Service):
         )
         await c.start()
         await self._declare()
-        await c.topics()  # refreshes the metadata partitions_for_topic reads
-        parts = c.partitions_for_topic(s.models_topic) or {0}
+        parts = await self._partitions(c)
         tps = [TopicPartition(s.models_topic, p) for p in sorted(parts)]
         c.assign(tps)
         await c.seek_to_beginning(*tps)
+
+    async def _partitions(self, consumer: Any) -> set[int]:
+        """The models topic's partitions as the cluster knows them, waiting for a topic created a moment ago.
+
+        A fresh metadata request, not `await consumer.topics()` + `partitions_for_topic()`: `topics()` leaves
+        the consumer's own view as its bootstrap request filled it (every topic on Tansu, none on Apache Kafka
+        4; ops.kafka_clients.topic_partitions), so a guessed `{0}` once stood in for the real answer. A topic
+        just created by `_declare` may take a few metadata rounds to show up; one that never does is an error
+        (reading a partition that does not exist would wait forever, silently following nothing).
+        """
+        s = self.settings
+        deadline = time.monotonic() + s.request_timeout_s
+        while True:
+            cluster = await consumer._client.fetch_all_metadata()
+            parts = set(cluster.partitions_for_topic(s.models_topic) or ())
+            if parts:
+                return parts
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"the models topic {s.models_topic!r} has no partitions after {s.request_timeout_s:.0f}s: "
+                    "it could not be created and does not exist (create it: genrec topics create)"
+                )
+            await self.sleep(0.2)
 
     async def _declare(self) -> None:
         """The topic must exist before it is read: one partition (ops/topics.py), compacted, created if missing.
