@@ -28,7 +28,10 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+if TYPE_CHECKING:
+    from ops.kafka_clients import KafkaSecurity
 
 BINARY_ENV = "GENREC_TANSU_BIN"
 STORAGE_URL = "memory://tansu/"
@@ -177,6 +180,12 @@ class BrokerProcess:
     def frozen(self) -> bool:
         return self._frozen
 
+    def probe_security(self) -> KafkaSecurity:
+        """The client settings of the readiness probe: PLAINTEXT here; a broker launched with TLS/SASL overrides it."""
+        from ops.kafka_clients import KafkaSecurity
+
+        return KafkaSecurity()
+
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> BrokerProcess:
         raise NotImplementedError
@@ -208,9 +217,10 @@ class BrokerProcess:
     async def _wait_ready(self) -> None:
         from aiokafka.errors import KafkaError
 
-        from ops.kafka_clients import KafkaSecurity, fetch_cluster_info
+        from ops.kafka_clients import fetch_cluster_info
 
-        plaintext = KafkaSecurity()  # we launched it without TLS/SASL, whatever the environment says
+        # How we launched it (PLAINTEXT unless the subclass set up TLS/SASL), whatever the environment says.
+        security = self.probe_security()
         deadline = time.monotonic() + self.ready_timeout_s
         last: object = None
         while time.monotonic() < deadline:
@@ -221,7 +231,7 @@ class BrokerProcess:
                     f"{self.bootstrap}; log {self._log_path}:\n{self.log_tail()}"
                 )
             try:
-                info = await fetch_cluster_info(self.bootstrap, timeout_s=1.0, security=plaintext)
+                info = await fetch_cluster_info(self.bootstrap, timeout_s=1.0, security=security)
             except (OSError, TimeoutError, KafkaError) as exc:  # refused, reset, timed out: not yet
                 last = exc
             else:

@@ -15,6 +15,13 @@ differs in places (docs/architecture.md, "Brokers"). This runs the real thing wi
 - Readiness, stop by PID, freeze/thaw (SIGSTOP/SIGCONT of the JVM) and the log are ops/broker.py's
   `BrokerProcess`, shared with Tansu: ready means a Kafka Metadata request answered with this cluster's id.
 
+- `security="sasl_ssl"`: clients must speak TLS and authenticate with SASL/SCRAM (SHA-512 or SHA-256), as
+  on a production cluster. A CA and a broker certificate (for 127.0.0.1 and localhost) are made at start with
+  `openssl` (`make_test_certificates`) and given to Kafka as PEM files; the SCRAM users, `scram_users` plus
+  the broker's own inter-broker user with a random password, are written into the metadata when the storage
+  is formatted (`StorageTool format --add-scram`). The controller listener stays PLAINTEXT on loopback.
+  Clients get the CA from `ssl_cafile` and their settings from `client_security(user)`.
+
 Missing Java or Maven, or a failed fetch, raise `KafkaUnavailableError` with what to install; tests skip
 with that message (tests/conftest.py).
 """
@@ -28,15 +35,21 @@ import fcntl
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from ops.broker import BrokerProcess, BrokerStartError, _run_blocking, free_port
+
+if TYPE_CHECKING:
+    from ops.kafka_clients import KafkaSecurity
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM = KAFKA_DIR / "pom.xml"
@@ -51,6 +64,13 @@ DEFAULT_JVM_OPTS = (
 )
 JVM_OPTS_ENV = "GENREC_KAFKA_JVM_OPTS"
 FETCH_TIMEOUT_S = 900.0
+BrokerSecurity = Literal["plaintext", "sasl_ssl"]
+SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+# The broker authenticates to itself on the inter-broker listener like any client: a user of its own.
+BROKER_USER = "genrec-broker"
+# The users' names and passwords go into `--add-scram NAME=[name=...,password=...]`, a list Kafka splits on
+# commas and brackets: keep them to characters that need no quoting there.
+_SCRAM_SAFE = re.compile(r"^[A-Za-z0-9_.@-]+$")
 _COMPLETE = ".complete"
 
 
@@ -200,6 +220,53 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
+@dataclass(frozen=True)
+class TestCertificates:
+    """PEM files of a throwaway CA and a broker certificate signed by it (tests only: the keys are unencrypted)."""
+
+    ca: Path  # the CA certificate: clients' `ssl_cafile`, the broker's truststore
+    keystore: Path  # the broker's private key (PKCS#8) followed by its certificate: Kafka's PEM keystore
+
+
+def make_test_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+                           days: int = 7) -> TestCertificates:
+    """A CA and a broker certificate valid for `hosts`, made with `openssl` (OpenSSL 1.1.1 or newer).
+
+    Subject key ids, authority key ids and key usages are set explicitly: Python 3.13's default TLS context
+    verifies strictly (VERIFY_X509_STRICT) and refuses a chain without them.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise KafkaUnavailableError("`openssl` not found on PATH; it makes the test broker's TLS certificates")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "broker.key", "broker.csr", "broker.pem"))
+    san = ",".join(f"IP:{h}" if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+:[0-9a-fA-F:]*", h) else f"DNS:{h}" for h in hosts)
+    ext = folder / "broker.ext"
+    ext.write_text(
+        f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,"
+        "keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
+    steps = [
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+         "-days", str(days), "-subj", "/CN=genrec test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+         "-subj", f"/CN={hosts[0]}"],
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+         "-out", str(cert), "-days", str(days), "-extfile", str(ext)],
+    ]
+    for step in steps:
+        proc = subprocess.run(step, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise KafkaUnavailableError(f"making test certificates failed: {' '.join(step)}\n{proc.stderr[-2000:]}")
+    keystore = folder / "broker-keystore.pem"
+    keystore.write_text(key.read_text() + cert.read_text())
+    for private in (ca_key, key, keystore):
+        private.chmod(0o600)
+    return TestCertificates(ca=ca, keystore=keystore)
+
+
 class KafkaBroker(BrokerProcess):
     """One Apache Kafka KRaft node (broker + controller) on `host:port`, its controller on a second port.
 
@@ -222,6 +289,8 @@ class KafkaBroker(BrokerProcess):
         advertised_host: str | None = None,
         jvm_opts: list[str] | None = None,
         properties: dict[str, str] | None = None,
+        security: BrokerSecurity = "plaintext",
+        scram_users: dict[str, str] | None = None,
     ) -> None:
         super().__init__(
             port,
@@ -241,6 +310,43 @@ class KafkaBroker(BrokerProcess):
         self.extra_properties = dict(properties or {})
         self.controller_port: int | None = None
         self.start_seconds: float | None = None  # launch to first Metadata answer, of the last start
+        if security not in ("plaintext", "sasl_ssl"):
+            raise ValueError(f"security={security!r}: expected 'plaintext' or 'sasl_ssl'")
+        self.security: BrokerSecurity = security
+        users = dict(scram_users or {})
+        if security == "sasl_ssl":
+            if BROKER_USER in users:
+                raise ValueError(f"{BROKER_USER!r} is the broker's own user")
+            # Random per broker object, never written anywhere but this node's own (temporary) config.
+            users[BROKER_USER] = secrets.token_hex(16)
+        elif users:
+            raise ValueError("scram_users need security='sasl_ssl'")
+        for name, password in users.items():
+            if not (_SCRAM_SAFE.match(name) and _SCRAM_SAFE.match(password)):
+                raise ValueError(f"SCRAM user {name!r}: names and passwords may hold only [A-Za-z0-9_.@-]")
+        self._scram_users = users
+        self._certs: TestCertificates | None = None
+
+    @property
+    def ssl_cafile(self) -> Path | None:
+        """The CA certificate clients verify this broker with (None without TLS, or before start)."""
+        return self._certs.ca if self._certs is not None else None
+
+    def client_security(self, username: str = BROKER_USER, mechanism: str = "SCRAM-SHA-512") -> KafkaSecurity:
+        """How a client authenticates to this broker as `username` (a SCRAM user given at construction)."""
+        from ops.kafka_clients import KafkaSecurity
+
+        if self.security == "plaintext":
+            return KafkaSecurity()
+        if self.ssl_cafile is None:
+            raise RuntimeError("the broker's certificates are made at start(): start it first")
+        return KafkaSecurity(
+            security_protocol="SASL_SSL", sasl_mechanism=mechanism, sasl_username=username,
+            sasl_password=self._scram_users[username], ssl_cafile=str(self.ssl_cafile),
+        )
+
+    def probe_security(self) -> KafkaSecurity:
+        return self.client_security()
 
     @property
     def data_dir(self) -> Path | None:
@@ -282,8 +388,37 @@ class KafkaBroker(BrokerProcess):
             "background.threads": "2",
             "log.cleaner.threads": "1",
         }
+        if self.security == "sasl_ssl":
+            props.update(self._sasl_ssl_properties())
         props.update(self.extra_properties)
         return props
+
+    def _sasl_ssl_properties(self) -> dict[str, str]:
+        # Clients and the inter-broker traffic on one SASL_SSL listener; the controller listener stays
+        # PLAINTEXT on loopback (KRaft's controller channel in a combined node never leaves the host).
+        assert self._certs is not None and self.controller_port is not None
+        password = self._scram_users[BROKER_USER]
+        # Each enabled mechanism needs a login module on the listener (the server side reads it per mechanism);
+        # its user and password are what the broker sends when it is the client (inter-broker, SHA-512).
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{BROKER_USER}" password="{password}";'
+        )
+        return {
+            **{f"listener.name.sasl_ssl.{m.lower()}.sasl.jaas.config": jaas for m in SCRAM_MECHANISMS},
+            "listeners": f"SASL_SSL://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"SASL_SSL://{self.advertised_host}:{self.port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            # PEM files straight from openssl: no keytool/PKCS12 step (Kafka reads PEM since 2.7, KIP-651).
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self._certs.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self._certs.ca),
+            "ssl.client.auth": "none",
+        }
 
     def start(self) -> KafkaBroker:
         if self.running:
@@ -325,6 +460,13 @@ class KafkaBroker(BrokerProcess):
             self._data_dir = Path(tempfile.mkdtemp(prefix="genrec-kafka-"))
             self._own_data_dir = True
         config = self._data_dir / "server.properties"
+        if self.security == "sasl_ssl":
+            tls = self._data_dir / "tls"
+            # Kept with a reused data_dir (a restart): clients that hold the CA file keep trusting the broker.
+            if (tls / "broker-keystore.pem").is_file() and (tls / "ca.pem").is_file():
+                self._certs = TestCertificates(ca=tls / "ca.pem", keystore=tls / "broker-keystore.pem")
+            else:
+                self._certs = make_test_certificates(tls)
         existing = _read_meta(self._data_dir / "logs" / "meta.properties")
         if existing is not None:
             # KRaft stored the controller's endpoint in its log at format time: a restart on the same
@@ -358,6 +500,7 @@ class KafkaBroker(BrokerProcess):
         command = self._java_command(
             java, libs, "kafka.tools.StorageTool", "format", "--config", str(config),
             "--cluster-id", self.cluster_id, "--standalone", "--ignore-formatted",
+            *self._add_scram_args(),
         )
         proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
@@ -365,6 +508,14 @@ class KafkaBroker(BrokerProcess):
                 f"formatting the Kafka storage in {self._data_dir} failed (status {proc.returncode}):\n"
                 f"{(proc.stdout + proc.stderr)[-3000:]}"
             )
+
+    def _add_scram_args(self) -> list[str]:
+        # Every user with both mechanisms: a client may pick either (GENREC_SASL_MECHANISM).
+        args: list[str] = []
+        for name, password in self._scram_users.items():
+            for mechanism in SCRAM_MECHANISMS:
+                args += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
+        return args
 
     def stop(self, keep_log: bool = False) -> int | None:
         status = super().stop(keep_log=keep_log)
@@ -377,6 +528,7 @@ class KafkaBroker(BrokerProcess):
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
             self._own_data_dir = False
+            self._certs = None
 
 
 def _read_meta(path: Path) -> str | None:
@@ -412,11 +564,13 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = [
     "KafkaBroker",
     "KafkaUnavailableError",
+    "TestCertificates",
     "cache_root",
     "find_java",
     "find_maven",
     "kafka_libs",
     "kafka_version",
+    "make_test_certificates",
     "new_cluster_id",
 ]
 

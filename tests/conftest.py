@@ -7,6 +7,9 @@ in the finalizer. Tests that need an isolated broker (freezing it, stopping it) 
 - `broker` / `bootstrap`: Tansu, the default of every integration test.
 - `kafka_broker` / `kafka_bootstrap`: Apache Kafka (ops/kafka_broker.py: Java 17+, jars fetched once with
   Maven). Skips with the reason when Java or Maven is missing, or when GENREC_TEST_KAFKA=0.
+- `kafka_secure_broker`: Apache Kafka that only speaks SASL_SSL (SCRAM-SHA-512/256 over TLS, certificates made
+  by openssl at start), with one SCRAM user `genrec` whose password is $GENREC_TEST_SASL_PASSWORD or random.
+  `secure_client_env(broker)` gives the GENREC_* variables a worker or an ops command needs to reach it.
 - `any_broker` / `any_bootstrap`: whichever `broker_kind` names, "tansu" unless the test is marked
   `@both_brokers` (below): then it runs once on each, with ids `[tansu]` and `[kafka]`, from one body.
   `@both_brokers_full` does the same for long tests whose Kafka run waits for GENREC_TEST_KAFKA=all.
@@ -146,6 +149,47 @@ def kafka_broker() -> Iterator[KafkaBroker]:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
     return kafka_broker.bootstrap
+
+
+SECURE_USER = "genrec"
+SECURE_PASSWORD_ENV = "GENREC_TEST_SASL_PASSWORD"
+
+
+@pytest.fixture(scope="session")
+def kafka_secure_broker() -> Iterator[KafkaBroker]:
+    """One Apache Kafka node whose only client listener is SASL_SSL; user `genrec` (SECURE_USER).
+
+    The password comes from $GENREC_TEST_SASL_PASSWORD or is random per session, so no test or module holds
+    one; tests that check logs for secrets read it from `broker.client_security(SECURE_USER)`.
+    """
+    import secrets
+
+    from ops.kafka_broker import KafkaUnavailableError
+
+    password = os.environ.get(SECURE_PASSWORD_ENV) or secrets.token_hex(16)
+    kafka = new_kafka_broker(security="sasl_ssl", scram_users={SECURE_USER: password})
+    try:
+        kafka.start()
+    except KafkaUnavailableError as exc:  # no `openssl` to make the certificates
+        pytest.skip(f"Apache Kafka over TLS unavailable: {exc}")
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
+
+
+def secure_client_env(kafka: KafkaBroker, mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+    """The GENREC_* variables of a client of `kafka_secure_broker` (README: security settings)."""
+    sec = kafka.client_security(SECURE_USER, mechanism)
+    assert sec.sasl_password is not None and sec.ssl_cafile is not None
+    return {
+        "GENREC_BOOTSTRAP": kafka.bootstrap,
+        "GENREC_SECURITY_PROTOCOL": sec.security_protocol,
+        "GENREC_SASL_MECHANISM": sec.sasl_mechanism,
+        "GENREC_SASL_USERNAME": SECURE_USER,
+        "GENREC_SASL_PASSWORD": sec.sasl_password,
+        "GENREC_SSL_CAFILE": sec.ssl_cafile,
+    }
 
 
 @pytest.fixture
