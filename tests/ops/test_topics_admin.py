@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from ops import cli_infra
 from ops.kafka_clients import KafkaSecurity, make_admin
 from ops.topics import TopicNames, TopicSpec, create_topics, default_specs, describe_topics
+from tests.conftest import both_brokers
 
 PLAIN = KafkaSecurity()
 
@@ -56,15 +57,16 @@ def test_bad_specs_are_refused() -> None:
 
 
 @pytest.mark.integration
-async def test_create_then_describe_round_trip(bootstrap: str) -> None:
+@both_brokers
+async def test_create_then_describe_round_trip(any_bootstrap: str) -> None:
     names = _unique_names()
     specs = default_specs(names, partitions=3)
-    first = await create_topics(bootstrap, specs, security=PLAIN)
+    first = await create_topics(any_bootstrap, specs, security=PLAIN)
     assert [(r.name, r.status, r.partitions) for r in first] == [
         (s.name, "created", s.partitions) for s in specs
     ]
 
-    infos = {i.name: i for i in await describe_topics(bootstrap, names.all(), security=PLAIN)}
+    infos = {i.name: i for i in await describe_topics(any_bootstrap, names.all(), security=PLAIN)}
     for name in (names.events, names.requests, names.results, names.deadletter):
         assert infos[name].exists and infos[name].partitions == 3
         assert infos[name].replication_factor == 1
@@ -73,22 +75,23 @@ async def test_create_then_describe_round_trip(bootstrap: str) -> None:
     assert infos[names.models].partitions == 1
     assert infos[names.models].configs["cleanup.policy"] == "compact"
 
-    again = await create_topics(bootstrap, specs, security=PLAIN)
+    again = await create_topics(any_bootstrap, specs, security=PLAIN)
     assert {r.status for r in again} == {"exists"}
 
     # Another partition count is reported, never applied: user state lives by partition.
-    other = await create_topics(bootstrap, default_specs(names, partitions=5), security=PLAIN)
+    other = await create_topics(any_bootstrap, default_specs(names, partitions=5), security=PLAIN)
     assert {r.name: r.status for r in other}[names.events] == "exists-different"
-    described = await describe_topics(bootstrap, [names.events], security=PLAIN)
+    described = await describe_topics(any_bootstrap, [names.events], security=PLAIN)
     assert described[0].partitions == 3
 
 
 @pytest.mark.integration
-async def test_describing_a_missing_topic_does_not_create_it(bootstrap: str) -> None:
+@both_brokers
+async def test_describing_a_missing_topic_does_not_create_it(any_bootstrap: str) -> None:
     missing = f"missing-{uuid.uuid4().hex[:8]}"
-    (info,) = await describe_topics(bootstrap, [missing], security=PLAIN)
+    (info,) = await describe_topics(any_bootstrap, [missing], security=PLAIN)
     assert not info.exists
-    admin = make_admin(bootstrap, security=PLAIN)
+    admin = make_admin(any_bootstrap, security=PLAIN)
     await admin.start()
     try:
         assert missing not in await admin.list_topics()
@@ -97,10 +100,11 @@ async def test_describing_a_missing_topic_does_not_create_it(bootstrap: str) -> 
 
 
 @pytest.mark.integration
-def test_cli_create_and_describe(bootstrap: str) -> None:
+@both_brokers
+def test_cli_create_and_describe(any_bootstrap: str) -> None:
     names = _unique_names()
     flags = [
-        "--bootstrap", bootstrap,
+        "--bootstrap", any_bootstrap,
         "--events-topic", names.events,
         "--requests-topic", names.requests,
         "--results-topic", names.results,
@@ -124,7 +128,7 @@ def test_cli_create_and_describe(bootstrap: str) -> None:
     assert topics[names.events]["partitions"] == 2
     assert topics[names.models]["configs"]["cleanup.policy"] == "compact"
 
-    missing = runner.invoke(app, ["topics", "describe", "--bootstrap", bootstrap, f"nope-{uuid.uuid4().hex}"])
+    missing = runner.invoke(app, ["topics", "describe", "--bootstrap", any_bootstrap, f"nope-{uuid.uuid4().hex}"])
     assert missing.exit_code == 1
 
 
@@ -139,11 +143,12 @@ def test_cli_reports_an_unreachable_cluster_without_a_traceback() -> None:
 
 
 @pytest.mark.integration
-def test_cli_app_id_pre_creates_the_history_changelog_compacted(bootstrap: str) -> None:
+@both_brokers
+def test_cli_app_id_pre_creates_the_history_changelog_compacted(any_bootstrap: str) -> None:
     names = _unique_names()
     app_id = f"scale-{uuid.uuid4().hex[:8]}"
     flags = [
-        "--bootstrap", bootstrap,
+        "--bootstrap", any_bootstrap,
         "--events-topic", names.events,
         "--requests-topic", names.requests,
         "--results-topic", names.results,
@@ -156,7 +161,7 @@ def test_cli_app_id_pre_creates_the_history_changelog_compacted(bootstrap: str) 
     changelog = f"{app_id}-user_history-changelog"
     rows = {row["name"]: row for row in json.loads(created.stdout)["topics"]}
     assert rows[changelog]["status"] == "created" and rows[changelog]["compacted"]
-    described = runner.invoke(_app(), ["topics", "describe", changelog, "--bootstrap", bootstrap, "--json"])
+    described = runner.invoke(_app(), ["topics", "describe", changelog, "--bootstrap", any_bootstrap, "--json"])
     (info,) = json.loads(described.stdout)["topics"]
     # Co-partitioned with the data topics: the same count, or Faust's table would not line up with them.
     assert info["partitions"] == 3 and info["configs"]["cleanup.policy"] == "compact"
