@@ -123,6 +123,24 @@ def test_requests_results_dedup_deadletters_and_queries(worker_factory) -> None:
     assert w.counter("genrec_dead_letters_total", source_topic=t.events) == 1
     assert w.counter("genrec_requests_total", source="query") == 1
 
+    # Everything read: the consumer lag on /metrics (issue 21 item 5: checked on Apache Kafka too) has a sample
+    # for each partition of both input topics that got records, and each drains to 0.
+    def lag_by_topic() -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for key, value in w.metrics().items():
+            if key.startswith("genrec_consumer_lag{"):
+                for topic in (t.events, t.requests):
+                    if f'topic="{topic}"' in key:
+                        out.setdefault(topic, []).append(value)
+        return out
+
+    deadline = time.monotonic() + 20
+    while not ((lag := lag_by_topic()).keys() == {t.events, t.requests}
+               and all(v == 0 for vs in lag.values() for v in vs)) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert lag.keys() == {t.events, t.requests}, lag
+    assert all(v == 0 for vs in lag.values() for v in vs), lag
+
     # SIGTERM: graceful, exit status 0.
     w.proc.send_signal(signal.SIGTERM)
     assert w.proc.wait(30) == 0
