@@ -247,6 +247,7 @@ def run_bench_online(dataset: str, data_dir: Path | None, *, events: int | None 
         "dataset": ds.name, "users": len(ds.user_ids), "events_total": n_total, "cutoff_event": cutoff,
         "split": "first 70% of events by global time train the starting model; the rest is replayed prequentially",
         "events_evaluated": n_eval, "wave_events": wave, "base": base_info, **out,
+        "broker": "tansu",  # the embedded broker started above (BENCHMARKS.md names the broker of each row)
         "seconds": round(time.time() - t_start, 1),
     }
     if plot is not None:

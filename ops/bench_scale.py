@@ -364,13 +364,21 @@ def run_bench_scale(
     return result
 
 
+TABLE_HEAD = (
+    "| broker | replicas | answered | req/s | ratio | p50 ms | workers | req/s per worker core | broker cores "
+    "| load gen | others | total |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
 def write_benchmarks_section(result: dict[str, Any], path: Path, command: str) -> None:
+    # Which broker the run used ("tansu (embedded, memory)" -> "tansu"): the BENCHMARKS.md tables name it per row.
+    broker = str(result.get("broker") or "tansu").split(" ", 1)[0]
     rows = []
     for s in result["steps"]:
         cpu = s["cpu"]
         workers = sum(v for k, v in cpu["cores_busy_by_process"].items() if k not in ("broker", "load_generator"))
         rows.append(
-            f"| {s['replicas']} | {s['answered']}/{s['requests']} | {s['requests_per_s']:g} | "
+            f"| {broker} | {s['replicas']} | {s['answered']}/{s['requests']} | {s['requests_per_s']:g} | "
             f"{result['ratios'][str(s['replicas'])]:.2f} | {s['p50_ms']} | {workers:.2f} | "
             f"{s['requests_per_s'] / workers if workers else 0:.0f} | "
             f"{cpu['cores_busy_by_process'].get('broker', 0):.2f} | "
@@ -421,8 +429,7 @@ a backlog of {result['requests_per_step']} requests per replica count, one torch
 the drain, not serving latency (see `genrec bench stream`). CPU columns are cores busy (1.00 = one core) over
 the measured window, from /proc.
 
-| replicas | answered | req/s | ratio | p50 ms | workers | req/s per worker core | broker | load gen | others | total |
-|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+{TABLE_HEAD}
 {chr(10).join(rows)}
 
 Limit: {result['limit']}. {where}

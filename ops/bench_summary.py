@@ -97,7 +97,9 @@ def quality_lines(result: dict[str, Any], link: str) -> list[str]:
     for i, name in enumerate(_order(list(rows))):
         r = rows[name]
         auc = " / ".join(_stat(r, m) for m in ("auc", "gauc")) if "auc" in r or "gauc" in r else NONE
-        cells = [result.get("dataset", "?"), f"`{name}`", _preset(result), _protocol(result), _seeds(r),
+        # Offline: `genrec bench quality` trains and evaluates without any broker.
+        cells = [result.get("dataset", "?"), f"`{name}`", _preset(result), _protocol(result), "none (offline)",
+                 _seeds(r),
                  _stat(r, "served_ndcg@10"), _stat(r, "served_hr@10"), _stat(r, "ndcg@10"),
                  _stat(r, "incl_served_ndcg@10"), auc, _paired_cell(paired, name),
                  command if i == 0 else "same run", f"[JSON]({link})"]
@@ -116,7 +118,8 @@ def online_line(result: dict[str, Any], link: str) -> str:
     dataset = result.get("dataset", "?")
     command = result.get("command") or f"genrec bench online --dataset {dataset} --data-dir ../shared/data --json"
     trainer, delay = result.get("trainer") or {}, result.get("delay") or {}
-    cells = [dataset, f"{result.get('requests', 0):,}",
+    # Runs before the field was recorded all used the embedded broker (ops/bench_online.py starts Tansu).
+    cells = [dataset, result.get("broker") or "tansu", f"{result.get('requests', 0):,}",
              f"{result['frozen_ndcg@10']:.4f} / {result['frozen_hr@10']:.4f}",
              f"{result['online_ndcg@10']:.4f} / {result['online_hr@10']:.4f}", paired,
              f"{trainer['rows_per_s']:g}" if "rows_per_s" in trainer else NONE,
@@ -157,10 +160,10 @@ def render(bench_dir: Path, root: Path) -> str:
              "worker serves it) and the retrieval head alone; mean ± std over seeds; paired differences over the "
              "same seeds, Student-t 95 % interval, a verdict only where it excludes 0.", ""]
     if quality:
-        lines += ["| data set | row | preset | protocol | seeds | served NDCG@10 | served HR@10 | "
+        lines += ["| data set | row | preset | protocol | broker | seeds | served NDCG@10 | served HR@10 | "
                   "retrieval-head NDCG@10 | served NDCG@10, seen ranked | AUC / GAUC | "
                   "joint − this row (served NDCG@10 unless named), 95 % CI | command | JSON |",
-                  "|---" * 13 + "|"]
+                  "|---" * 14 + "|"]
         for f in quality:
             lines += quality_lines(json.loads(f.read_text()), link(f))
     else:
@@ -170,9 +173,9 @@ def render(bench_dir: Path, root: Path) -> str:
         lines += ["", "**Online learning** (`genrec bench online`): the last 30 % of events replayed in waves; each "
                   "request scored against its click before any model learned from it; paired bootstrap over "
                   "requests.", "",
-                  "| data set | requests | frozen NDCG@10 / HR@10 | online NDCG@10 / HR@10 | "
+                  "| data set | broker | requests | frozen NDCG@10 / HR@10 | online NDCG@10 / HR@10 | "
                   "online − frozen NDCG@10, 95 % CI | trainer rows/s | event → published model | command | JSON |",
-                  "|---" * 9 + "|"]
+                  "|---" * 10 + "|"]
         lines += [online_line(json.loads(f.read_text()), link(f)) for f in online]
     if chaos:
         lines += ["", "**Kill and restart** (`genrec bench chaos`, RELIABILITY.md): seeded runs on fresh brokers, each "
