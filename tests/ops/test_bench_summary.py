@@ -88,6 +88,7 @@ def test_the_table_is_written_under_the_title_and_check_passes_only_when_current
     assert "| `ml-100k` preset + `configs/ml-100k.json` | leave-one-out, full ranking, seen items left out; CPU |" \
         in joint
     assert "| 2 (42, 43) |" in joint
+    assert "| none (offline) | 2 (42, 43) |" in joint  # quality runs use no broker
     assert "| 0.0960 ± 0.0055 | 0.1814 ± 0.0090 | 0.0950 ± 0.0028 | 0.0574 ± 0.0032 |" in joint
     assert "`genrec bench quality --dataset ml-100k" in joint and "same run" in two_model
     assert "[JSON](docs/bench/quality-ml-100k.json)" in popular
@@ -95,7 +96,7 @@ def test_the_table_is_written_under_the_title_and_check_passes_only_when_current
     assert "+0.0170 [-0.0100, +0.0440] tie" in retrieval_only
     assert "| — | — | — | — | 0.7975 ± 0.0035 / 0.6816 ± 0.0118 |" in ranking_only
     assert "| 0.0449 | 0.0859 |" in popular  # one value: no ± 0
-    assert "| ml-100k | 704 | 0.0491 / 0.1179 | 0.0518 / 0.1165 | +0.0028 [-0.0029, +0.0087] tie |" in block
+    assert "| ml-100k | tansu | 704 | 0.0491 / 0.1179 | 0.0518 / 0.1165 | +0.0028 [-0.0029, +0.0087] tie |" in block
     assert "[order-ml-100k.json](docs/bench/order-ml-100k.json)" in block
     assert main([*args, "--check"]) == 0
     main(args)  # a second run changes nothing
@@ -111,7 +112,7 @@ def test_without_quality_json_the_table_lists_what_exists(tmp_path: Path) -> Non
     assert main(["--benchmarks", str(md), "--bench-dir", str(bench)]) == 0
     block = _block(md)
     assert "No `docs/bench/quality-*.json` is committed yet" in block
-    assert "| ml-100k | 704 |" in block
+    assert "| ml-100k | tansu | 704 |" in block
 
 
 def test_the_committed_benchmarks_md_is_current_with_the_committed_json() -> None:
