@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,12 +24,14 @@ from aiokafka import TopicPartition
 
 from ops.broker import BrokerStartError
 from ops.kafka_broker import (
+    BROKER_USER,
     KafkaBroker,
     KafkaUnavailableError,
     find_java,
     find_maven,
     kafka_libs,
     kafka_version,
+    make_test_certificates,
 )
 from ops.kafka_clients import KafkaSecurity, fetch_cluster_info, make_consumer, make_producer
 from ops.topics import TopicSpec, create_topics
@@ -263,3 +267,75 @@ def test_a_taken_port_fails_with_the_log_and_leaves_no_storage() -> None:
     assert "Address already in use" in str(err.value)  # the log's tail is in the message
     assert time.monotonic() - started < 30
     assert broker.data_dir is None and not broker.running
+
+
+# ------------------------------------------------------------------------------------------ SASL_SSL broker
+
+
+def test_secure_broker_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="expected 'plaintext' or 'sasl_ssl'"):
+        KafkaBroker(security="sasl_plaintext")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="need security='sasl_ssl'"):
+        KafkaBroker(scram_users={"genrec": "x"})
+    with pytest.raises(ValueError, match="the broker's own user"):
+        KafkaBroker(security="sasl_ssl", scram_users={BROKER_USER: "x"})
+    # `--add-scram` parses `[name=...,password=...]`: a comma or bracket would cut the value short.
+    with pytest.raises(ValueError, match="may hold only"):
+        KafkaBroker(security="sasl_ssl", scram_users={"genrec": "pass,word"})
+    with pytest.raises(RuntimeError, match="start it first"):
+        KafkaBroker(security="sasl_ssl", scram_users={"genrec": "x"}).client_security("genrec")
+    assert KafkaBroker().client_security() == PLAIN
+
+
+def _handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, hostname: str) -> None:
+    """A TLS handshake in memory (no sockets): raises what the client's verification raises."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=hostname)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(20):
+        for name, end in (("client", client), ("server", server)):
+            if not done[name]:
+                try:
+                    end.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return
+    raise AssertionError(f"handshake did not finish: {done}")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not on PATH")
+def test_test_certificates_pass_pythons_strict_verification_for_loopback_only(tmp_path: Path) -> None:
+    certs = make_test_certificates(tmp_path / "tls")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(certs.keystore)  # the same PEM file Kafka reads: the key, then the certificate
+    # What the worker builds from GENREC_SSL_CAFILE (streams/settings.py): Python's default context, strict.
+    client = ssl.create_default_context(cafile=str(certs.ca))
+    for host in ("127.0.0.1", "localhost"):
+        _handshake(client, server, host)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(client, server, "kafka.example")
+    with pytest.raises(ssl.SSLCertVerificationError):  # and the system's CAs do not know the test CA
+        _handshake(ssl.create_default_context(), server, "127.0.0.1")
+    assert oct(certs.keystore.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.kafka_full
+@pytest.mark.timeout(180)
+async def test_a_secure_broker_restarted_on_its_data_dir_keeps_users_and_certificates(tmp_path: Path) -> None:
+    kafka = new_kafka_broker(security="sasl_ssl", scram_users={"genrec": secrets.token_hex(8)}, data_dir=tmp_path / "k")
+    kafka.start()
+    try:
+        ca = kafka.ssl_cafile
+        assert (await fetch_cluster_info(kafka.bootstrap, security=kafka.client_security("genrec"))).cluster_id
+        kafka.stop()
+        kafka.start()
+        assert kafka.ssl_cafile == ca  # clients holding the CA file keep trusting it
+        info = await fetch_cluster_info(kafka.bootstrap, security=kafka.client_security("genrec", "SCRAM-SHA-256"))
+        assert info.cluster_id == kafka.cluster_id
+    finally:
+        kafka.stop()
