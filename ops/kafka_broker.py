@@ -14,10 +14,9 @@ differs in places (docs/architecture.md, "Brokers"). This runs the real thing wi
   real cluster does).
 - Readiness, stop by PID, freeze/thaw (SIGSTOP/SIGCONT of the JVM) and the log are ops/broker.py's
   `BrokerProcess`, shared with Tansu: ready means a Kafka Metadata request answered with this cluster's id.
-
 - `security="sasl_ssl"`: clients must speak TLS and authenticate with SASL/SCRAM (SHA-512 or SHA-256), as
   on a production cluster. A CA and a broker certificate (for 127.0.0.1 and localhost) are made at start with
-  `openssl` (`make_test_certificates`) and given to Kafka as PEM files; the SCRAM users, `scram_users` plus
+  `openssl` or, without it, the JDK's `keytool` (`make_test_certificates`); the SCRAM users, `scram_users` plus
   the broker's own inter-broker user with a random password, are written into the metadata when the storage
   is formatted (`StorageTool format --add-scram`). The controller listener stays PLAINTEXT on loopback.
   Clients get the CA from `ssl_cafile` and their settings from `client_security(user)`.
@@ -42,7 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -222,32 +221,95 @@ def new_cluster_id() -> str:
 
 @dataclass(frozen=True)
 class TestCertificates:
-    """PEM files of a throwaway CA and a broker certificate signed by it (tests only: the keys are unencrypted)."""
+    """A throwaway CA and a broker certificate signed by it, as files Kafka and the clients read (tests only)."""
 
-    ca: Path  # the CA certificate: clients' `ssl_cafile`, the broker's truststore
-    keystore: Path  # the broker's private key (PKCS#8) followed by its certificate: Kafka's PEM keystore
+    ca: Path  # the CA certificate (PEM): clients' `ssl_cafile`, the broker's truststore
+    keystore: Path  # the broker's key and certificate: PEM (key, then certificate) or PKCS12
+    keystore_type: Literal["PEM", "PKCS12"] = "PEM"
+    keystore_password: str | None = field(default=None, repr=False)  # PKCS12 only (PEM keys are unencrypted)
+
+    def kafka_properties(self) -> dict[str, str]:
+        # PEM straight from openssl: no PKCS12 step (Kafka reads PEM stores since 2.7, KIP-651).
+        props = {
+            "ssl.keystore.type": self.keystore_type,
+            "ssl.keystore.location": str(self.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.ca),
+        }
+        if self.keystore_password is not None:
+            props["ssl.keystore.password"] = props["ssl.key.password"] = self.keystore_password
+        return props
+
+    @classmethod
+    def load(cls, folder: Path) -> TestCertificates | None:
+        """The certificates `make_test_certificates` left in `folder` before, or None."""
+        ca = folder / "ca.pem"
+        if not ca.is_file():
+            return None
+        if (folder / "broker-keystore.pem").is_file():
+            return cls(ca=ca, keystore=folder / "broker-keystore.pem")
+        password = _read(folder / "keystore.password")
+        if (folder / "broker.p12").is_file() and password:
+            return cls(ca=ca, keystore=folder / "broker.p12", keystore_type="PKCS12", keystore_password=password)
+        return None
+
+
+CertificateTool = Literal["openssl", "keytool"]
 
 
 def make_test_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
-                           days: int = 7) -> TestCertificates:
-    """A CA and a broker certificate valid for `hosts`, made with `openssl` (OpenSSL 1.1.1 or newer).
+                           days: int = 7, tool: CertificateTool | None = None) -> TestCertificates:
+    """A CA and a broker certificate valid for `hosts`, made with `openssl` or, without it, the JDK's `keytool`.
 
-    Subject key ids, authority key ids and key usages are set explicitly: Python 3.13's default TLS context
-    verifies strictly (VERIFY_X509_STRICT) and refuses a chain without them.
+    `openssl` (0.1 s) is preferred; `keytool` comes with the Java that runs Kafka anyway (each step is a JVM start,
+    ~3 s in all), so a machine that can run Kafka can always make them. Both set subject and authority key ids and
+    key usages: Python 3.13's default TLS context verifies strictly (VERIFY_X509_STRICT) and refuses a chain
+    without them.
     """
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise KafkaUnavailableError("`openssl` not found on PATH; it makes the test broker's TLS certificates")
     folder.mkdir(parents=True, exist_ok=True)
+    if tool is None:
+        tool = "openssl" if shutil.which("openssl") else "keytool"
+    if tool == "openssl":
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise KafkaUnavailableError("`openssl` not found on PATH")
+        certs = _openssl_certificates(openssl, folder, hosts, days)
+    else:
+        keytool = find_java().resolve().parent / "keytool"
+        if not keytool.is_file():
+            raise KafkaUnavailableError(f"no `keytool` next to {find_java()} (and no `openssl` on PATH)")
+        certs = _keytool_certificates(keytool, folder, hosts, days)
+    for private in folder.iterdir():
+        if private.name != "ca.pem":
+            private.chmod(0o600)
+    return certs
+
+
+def _san(hosts: tuple[str, ...], ip: str, dns: str) -> str:
+    return ",".join(f"{ip}:{h}" if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+:[0-9a-fA-F:]*", h) else f"{dns}:{h}"
+                    for h in hosts)
+
+
+def _run_steps(steps: list[list[str]]) -> None:
+    for step in steps:
+        proc = subprocess.run(step, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            # The tools echo no passwords in their errors; the command line holds the test stores' password only.
+            raise KafkaUnavailableError(
+                f"making test certificates failed: {step[0]} {step[1]} (status {proc.returncode})\n"
+                f"{(proc.stdout + proc.stderr)[-2000:]}"
+            )
+
+
+def _openssl_certificates(openssl: str, folder: Path, hosts: tuple[str, ...], days: int) -> TestCertificates:
     ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "broker.key", "broker.csr", "broker.pem"))
-    san = ",".join(f"IP:{h}" if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+:[0-9a-fA-F:]*", h) else f"DNS:{h}" for h in hosts)
     ext = folder / "broker.ext"
     ext.write_text(
-        f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,"
-        "keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectKeyIdentifier=hash\n"
-        "authorityKeyIdentifier=keyid,issuer\n"
+        f"subjectAltName={_san(hosts, 'IP', 'DNS')}\nbasicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
     )
-    steps = [
+    _run_steps([
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
          "-days", str(days), "-subj", "/CN=genrec test CA",
          "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
@@ -255,16 +317,35 @@ def make_test_certificates(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", 
          "-subj", f"/CN={hosts[0]}"],
         [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
          "-out", str(cert), "-days", str(days), "-extfile", str(ext)],
-    ]
-    for step in steps:
-        proc = subprocess.run(step, capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            raise KafkaUnavailableError(f"making test certificates failed: {' '.join(step)}\n{proc.stderr[-2000:]}")
+    ])
     keystore = folder / "broker-keystore.pem"
     keystore.write_text(key.read_text() + cert.read_text())
-    for private in (ca_key, key, keystore):
-        private.chmod(0o600)
     return TestCertificates(ca=ca, keystore=keystore)
+
+
+def _keytool_certificates(keytool: Path, folder: Path, hosts: tuple[str, ...], days: int) -> TestCertificates:
+    password = secrets.token_hex(16)  # PKCS12 stores need one; it is written next to them for a restart
+    (folder / "keystore.password").write_text(password)
+    ca_store, broker_store = folder / "ca.p12", folder / "broker.p12"
+    ca, csr, cert = folder / "ca.pem", folder / "broker.csr", folder / "broker.pem"
+    kt = [str(keytool), "-noprompt", "-storetype", "PKCS12", "-storepass", password]
+    _run_steps([
+        [*kt, "-genkeypair", "-alias", "ca", "-keystore", str(ca_store), "-keyalg", "RSA", "-keysize", "2048",
+         "-dname", "CN=genrec test CA", "-validity", str(days), "-ext", "bc:c=ca:true",
+         "-ext", "ku:c=keyCertSign,cRLSign"],
+        [*kt, "-exportcert", "-rfc", "-alias", "ca", "-keystore", str(ca_store), "-file", str(ca)],
+        [*kt, "-genkeypair", "-alias", "broker", "-keystore", str(broker_store), "-keyalg", "RSA", "-keysize", "2048",
+         "-dname", f"CN={hosts[0]}", "-validity", str(days)],
+        [*kt, "-certreq", "-alias", "broker", "-keystore", str(broker_store), "-file", str(csr)],
+        [*kt, "-gencert", "-rfc", "-alias", "ca", "-keystore", str(ca_store), "-infile", str(csr),
+         "-outfile", str(cert), "-validity", str(days), "-ext", f"san={_san(hosts, 'ip', 'dns')}",
+         "-ext", "bc:c=ca:false", "-ext", "ku:c=digitalSignature,keyEncipherment",
+         "-ext", "eku=serverAuth,clientAuth"],
+        # The CA first, so that the signed certificate's reply is installed as a chain under the broker's key.
+        [*kt, "-importcert", "-alias", "ca", "-keystore", str(broker_store), "-file", str(ca)],
+        [*kt, "-importcert", "-alias", "broker", "-keystore", str(broker_store), "-file", str(cert)],
+    ])
+    return TestCertificates(ca=ca, keystore=broker_store, keystore_type="PKCS12", keystore_password=password)
 
 
 class KafkaBroker(BrokerProcess):
@@ -291,6 +372,7 @@ class KafkaBroker(BrokerProcess):
         properties: dict[str, str] | None = None,
         security: BrokerSecurity = "plaintext",
         scram_users: dict[str, str] | None = None,
+        certificate_tool: CertificateTool | None = None,
     ) -> None:
         super().__init__(
             port,
@@ -325,6 +407,7 @@ class KafkaBroker(BrokerProcess):
             if not (_SCRAM_SAFE.match(name) and _SCRAM_SAFE.match(password)):
                 raise ValueError(f"SCRAM user {name!r}: names and passwords may hold only [A-Za-z0-9_.@-]")
         self._scram_users = users
+        self.certificate_tool = certificate_tool  # None: openssl when on PATH, else the JDK's keytool
         self._certs: TestCertificates | None = None
 
     @property
@@ -412,11 +495,7 @@ class KafkaBroker(BrokerProcess):
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
             "sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
             "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
-            # PEM files straight from openssl: no keytool/PKCS12 step (Kafka reads PEM since 2.7, KIP-651).
-            "ssl.keystore.type": "PEM",
-            "ssl.keystore.location": str(self._certs.keystore),
-            "ssl.truststore.type": "PEM",
-            "ssl.truststore.location": str(self._certs.ca),
+            **self._certs.kafka_properties(),
             "ssl.client.auth": "none",
         }
 
@@ -463,10 +542,7 @@ class KafkaBroker(BrokerProcess):
         if self.security == "sasl_ssl":
             tls = self._data_dir / "tls"
             # Kept with a reused data_dir (a restart): clients that hold the CA file keep trusting the broker.
-            if (tls / "broker-keystore.pem").is_file() and (tls / "ca.pem").is_file():
-                self._certs = TestCertificates(ca=tls / "ca.pem", keystore=tls / "broker-keystore.pem")
-            else:
-                self._certs = make_test_certificates(tls)
+            self._certs = TestCertificates.load(tls) or make_test_certificates(tls, tool=self.certificate_tool)
         existing = _read_meta(self._data_dir / "logs" / "meta.properties")
         if existing is not None:
             # KRaft stored the controller's endpoint in its log at format time: a restart on the same

@@ -327,7 +327,9 @@ def test_test_certificates_pass_pythons_strict_verification_for_loopback_only(tm
 @pytest.mark.kafka_full
 @pytest.mark.timeout(180)
 async def test_a_secure_broker_restarted_on_its_data_dir_keeps_users_and_certificates(tmp_path: Path) -> None:
-    kafka = new_kafka_broker(security="sasl_ssl", scram_users={"genrec": secrets.token_hex(8)}, data_dir=tmp_path / "k")
+    # keytool, not the default openssl: the path a machine without openssl takes (a PKCS12 keystore), once.
+    kafka = new_kafka_broker(security="sasl_ssl", scram_users={"genrec": secrets.token_hex(8)},
+                             data_dir=tmp_path / "k", certificate_tool="keytool")
     kafka.start()
     try:
         ca = kafka.ssl_cafile
@@ -335,6 +337,7 @@ async def test_a_secure_broker_restarted_on_its_data_dir_keeps_users_and_certifi
         kafka.stop()
         kafka.start()
         assert kafka.ssl_cafile == ca  # clients holding the CA file keep trusting it
+        assert (tmp_path / "k" / "tls" / "broker.p12").is_file()
         info = await fetch_cluster_info(kafka.bootstrap, security=kafka.client_security("genrec", "SCRAM-SHA-256"))
         assert info.cluster_id == kafka.cluster_id
     finally:
