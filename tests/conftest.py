@@ -8,7 +8,8 @@ in the finalizer. Tests that need an isolated broker (freezing it, stopping it) 
 - `kafka_broker` / `kafka_bootstrap`: Apache Kafka (ops/kafka_broker.py: Java 17+, jars fetched once with
   Maven). Skips with the reason when Java or Maven is missing, or when GENREC_TEST_KAFKA=0.
 - `kafka_secure_broker`: Apache Kafka that only speaks SASL_SSL (SCRAM-SHA-512/256 over TLS, certificates made
-  by openssl at start), with one SCRAM user `genrec` whose password is $GENREC_TEST_SASL_PASSWORD or random.
+  by openssl, or keytool, at start), with one SCRAM user `genrec` whose password is $GENREC_TEST_SASL_PASSWORD
+  or random.
   `secure_client_env(broker)` gives the GENREC_* variables a worker or an ops command needs to reach it.
 - `any_broker` / `any_bootstrap`: whichever `broker_kind` names, "tansu" unless the test is marked
   `@both_brokers` (below): then it runs once on each, with ids `[tansu]` and `[kafka]`, from one body.
@@ -170,7 +171,7 @@ def kafka_secure_broker() -> Iterator[KafkaBroker]:
     kafka = new_kafka_broker(security="sasl_ssl", scram_users={SECURE_USER: password})
     try:
         kafka.start()
-    except KafkaUnavailableError as exc:  # no `openssl` to make the certificates
+    except KafkaUnavailableError as exc:  # neither openssl nor keytool could make the certificates
         pytest.skip(f"Apache Kafka over TLS unavailable: {exc}")
     try:
         yield kafka
