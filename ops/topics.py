@@ -9,6 +9,7 @@ compacted partition: compaction keeps the latest `ModelVersion` forever, however
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -157,6 +158,9 @@ async def create_topics(
         errors = {name: (code, message) for name, code, message in _topic_errors(response)}
         existing = [s.name for s in specs if errors.get(s.name, (0, None))[0] == TOPIC_ALREADY_EXISTS]
         actual = await _partition_counts(admin, existing) if existing else {}
+        created = {s.name: s.partitions for s in specs if errors.get(s.name, (0, None))[0] == 0}
+        if created:
+            await _wait_visible(admin, created, timeout_ms / 1000)
     finally:
         await admin.close()
 
@@ -195,6 +199,28 @@ def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
         message = entry[2] if len(entry) > 2 else None
         out.append((name, code, message))
     return out
+
+
+async def _wait_visible(admin: Any, created: dict[str, int], timeout_s: float) -> None:
+    """Until every created topic shows in the broker's metadata with all its partitions led.
+
+    Apache Kafka answers CreateTopics once its controller has committed the topics; the brokers' metadata
+    follows a moment later, so a `describe` or a worker started right after could find them missing (seen on
+    the single-node test broker; Tansu shows them at once). Returning only when they are visible makes
+    `genrec topics create && genrec worker …` safe. Past the timeout it returns anyway: they were created.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        described = await admin.describe_topics(list(created))
+        ready = {
+            t["topic"] for t in described
+            if t["error_code"] == 0 and len(t["partitions"]) == created.get(t["topic"])
+            and all(part["leader"] >= 0 for part in t["partitions"])
+        }
+        if ready >= set(created) or loop.time() >= deadline:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _partition_counts(admin: Any, names: list[str]) -> dict[str, int]:

@@ -3,6 +3,8 @@ reads every partition the topic really has, on both brokers."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -22,8 +24,13 @@ async def test_the_models_topic_is_created_compacted_when_missing(any_bootstrap:
     topic = f"m{uuid.uuid4().hex[:8]}.models"
     table = ModelsTopicTable(StreamSettings(bootstrap=any_bootstrap, models_topic=topic, state_dir=tmp_path))
     await table._declare()
-    [info] = await describe_topics(any_bootstrap, [topic], security=KafkaSecurity())
-    assert info.exists and info.partitions == 1
+    # Kafka's brokers learn of a new topic a moment after its controller created it (Tansu at once): wait for
+    # it as the table itself does before reading (ModelsTopicTable._partitions).
+    deadline = time.monotonic() + 10
+    while not (info := (await describe_topics(any_bootstrap, [topic], security=KafkaSecurity()))[0]).exists:
+        assert time.monotonic() < deadline, f"{topic} never showed up"
+        await asyncio.sleep(0.1)
+    assert info.partitions == 1
     assert info.configs["cleanup.policy"] == "compact"
 
 
