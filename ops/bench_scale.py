@@ -372,7 +372,8 @@ TABLE_HEAD = (
 
 def write_benchmarks_section(result: dict[str, Any], path: Path, command: str) -> None:
     # Which broker the run used ("tansu (embedded, memory)" -> "tansu"): the BENCHMARKS.md tables name it per row.
-    broker = str(result.get("broker") or "tansu").split(" ", 1)[0]
+    broker_text = str(result.get("broker") or "tansu (embedded, memory)")  # `--broker kafka` runs name Kafka
+    broker = broker_text.split(" ", 1)[0]
     rows = []
     for s in result["steps"]:
         cpu = s["cpu"]
@@ -423,7 +424,7 @@ def write_benchmarks_section(result: dict[str, Any], path: Path, command: str) -
     body = f"""{SECTION_START}
 ## Scale-out (issue 6)
 
-`{command}` — embedded broker (Tansu, memory), {result['partitions']} partitions, {result['users']} users,
+`{command}` — {broker_text}, {result['partitions']} partitions, {result['users']} users,
 a backlog of {result['requests_per_step']} requests per replica count, one torch thread per worker,
 {result['machine']['cpus']} cores. req/s = answered / (last answer − first send); p50 is of a backlog, so it measures
 the drain, not serving latency (see `genrec bench stream`). CPU columns are cores busy (1.00 = one core) over
