@@ -272,16 +272,24 @@ async def wait_for_kafka(
     timeout_s: float = 30.0,
     security: KafkaSecurity | None = None,
 ) -> ClusterInfo:
-    """Retry `fetch_cluster_info` until a broker answers or `timeout_s` runs out (TimeoutError)."""
+    """Retry `fetch_cluster_info` until a broker answers or `timeout_s` runs out (TimeoutError).
+
+    Each attempt asks the next address of a comma-separated bootstrap list, as Kafka clients do: with one
+    broker of a cluster down, the first address alone would never answer while the others serve.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     last_error: BaseException | None = None
+    addresses = [a.strip() for a in bootstrap.split(",") if a.strip()] or [bootstrap]
+    attempt = 0
     while True:
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise TimeoutError(f"no Kafka broker answered at {bootstrap} in {timeout_s:.1f}s: {last_error!r}")
+        address = addresses[attempt % len(addresses)]
+        attempt += 1
         try:
-            return await fetch_cluster_info(bootstrap, timeout_s=min(2.0, remaining), security=security)
+            return await fetch_cluster_info(address, timeout_s=min(2.0, remaining), security=security)
         # KafkaError: the socket is open but the broker is not serving yet (or a handshake failed).
         except (OSError, TimeoutError, KafkaError) as exc:
             last_error = exc

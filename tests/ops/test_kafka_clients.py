@@ -19,6 +19,7 @@ from ops.kafka_clients import (
     make_admin,
     make_consumer,
     make_producer,
+    wait_for_kafka,
 )
 from ops.topics import TopicSpec, create_topics
 
@@ -200,3 +201,14 @@ def test_worker_style_variable_names_are_accepted_too() -> None:
 def test_inconsistent_security_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(KafkaConfigError, match=message):
         KafkaSecurity.from_env(env)
+
+
+@pytest.mark.integration
+async def test_waiting_for_a_cluster_tries_every_bootstrap_address(bootstrap: str) -> None:
+    # A three-broker bootstrap list whose first broker is down: the cluster still answers through the others.
+    from ops.broker import free_port
+
+    down = f"127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    info = await wait_for_kafka(f"{down},{bootstrap}", timeout_s=10.0, security=KafkaSecurity())
+    assert info.cluster_id and time.monotonic() - t0 < 5.0
