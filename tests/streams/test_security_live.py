@@ -174,7 +174,8 @@ def test_worker_and_trainer_configured_by_env_serve_train_and_publish_over_sasl_
 
     secrets = {_password(kafka), _password(kafka, BROKER_USER)}
     texts = {"worker log": w_log.read_text(errors="replace"), "trainer log": t_log.read_text(errors="replace"),
-             "metrics": metrics, "broker log": kafka.log_tail(max_bytes=50_000_000)}
+             "metrics": metrics, "broker log": kafka.log_tail(max_bytes=50_000_000),
+             "genrec topics output": "".join(r.stdout + r.stderr for r in (created, described))}
     for name, text in texts.items():
         for secret in secrets:
             assert secret not in text, f"a password in the {name}"
