@@ -219,6 +219,12 @@ def latency_summary(xs: list[float]) -> dict[str, float | int | None]:
     return {"p50": rank(0.5), "p99": rank(0.99), "max": round(s[-1], 3), "n": len(s)}
 
 
+def run_failed(entry: dict[str, Any]) -> bool:
+    """A run failed when it could not finish, lost or duplicated anything, or left a crash in the log."""
+    lost = sum(int(entry.get(k, 0)) for k in ("lost_requests", "lost_events", "duplicated_events"))
+    return "error" in entry or bool(entry.get("log_problems")) or not entry.get("alive_at_end") or lost > 0
+
+
 def summarize(per_run: list[dict[str, Any]], seeds: list[int], settings: dict[str, Any]) -> dict[str, Any]:
     recoveries = [k["first_answer_s"] for r in per_run for k in r.get("kills", []) if k["first_answer_s"] is not None]
     never = [k["committed"].get("never_committed_partitions") for r in per_run for k in r.get("kills", [])]
@@ -229,7 +235,7 @@ def summarize(per_run: list[dict[str, Any]], seeds: list[int], settings: dict[st
 
     return {
         "runs": len(per_run),
-        "failed_runs": sum(1 for r in per_run if "error" in r or r.get("log_problems") or not r.get("alive_at_end")),
+        "failed_runs": sum(1 for r in per_run if run_failed(r)),
         "lost_requests": total("lost_requests"),
         "lost_events": total("lost_events"),
         "duplicated_events": total("duplicated_events"),
@@ -285,7 +291,7 @@ def run_bench_chaos(
                 f"recovery {[k.get('first_answer_s') for k in entry.get('kills', [])]} s, "
                 f"{entry['wall_s']} s{', ERROR ' + entry['error'] if 'error' in entry else ''}"
             )
-            if not keep and "error" not in entry:
+            if not keep and not run_failed(entry):
                 shutil.rmtree(run_dir, ignore_errors=True)  # a failed run's logs stay for reading
         settings = {"seconds": seconds, "rate": rate, "kills": kills, "broker": broker_kind,
                     "worker_env": {**FAST_GROUP_ENV, **worker_env}}

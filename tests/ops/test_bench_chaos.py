@@ -107,7 +107,7 @@ def test_summary_totals_and_recovery_percentiles() -> None:
         }
 
     out = summarize([run(1, 0, [1.0, 3.0]), run(2, 2, [2.0, None]), {"seed": 3, "error": "x"}], [1, 2, 3], {})
-    assert out["runs"] == 3 and out["failed_runs"] == 1 and out["lost_requests"] == 2
+    assert out["runs"] == 3 and out["failed_runs"] == 2 and out["lost_requests"] == 2  # a loss fails its run
     assert out["duplicate_results"] == 2 and out["kills"] == 4 and out["kills_with_a_never_committed_partition"] == 2
     assert out["first_answer_after_restart_s"] == {"p50": 2.0, "max": 3.0, "n": 3}
     json.dumps(out, allow_nan=False)  # strict JSON
