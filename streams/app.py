@@ -309,6 +309,10 @@ class GenrecWorker:
             await dead_letter_poison(self.ingest, rec, exc)
             self.metrics.events.labels(outcome="dead_letter").inc()
 
+        # Events wait (in Kafka) until the model has loaded. The model gates the first answer anyway, and after a
+        # restart on a broker that assigns at once (Apache Kafka) the backlog since the kill would otherwise
+        # compete for the CPU with the inference child's start (a 16 s load was seen on a loaded 2-core machine).
+        await self.model.wait_loaded()
         async for event in manual.events():
             token = self.liveness.begin("ingest")
             try:
