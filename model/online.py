@@ -35,6 +35,7 @@ from model.config import TrainConfig
 from model.generative import GenerativeRecommender
 from model.tokens import History, feedback_label, tokenize
 from model.train import Trainer
+from model.vocab import ITEM_TABLES, grow_items, grow_optimizer_state, new_item_rows
 
 # Hard caps whatever the configuration says: online steps see few examples, a large LR would let one
 # burst of unusual traffic rewrite the model.
@@ -78,6 +79,11 @@ class OnlineExample:
     @property
     def is_positive(self) -> bool:
         return bool(feedback_label(self.actions[-1:])[0] != 0)
+
+    @property
+    def max_index(self) -> int:
+        """The highest vocabulary index the example reads (history, target, impressions)."""
+        return max(int(self.items.max(initial=0)), int(self.impressions.max(initial=0)))
 
 
 def make_example(history: History, item: int, action: int, ts_ms: int, shown: Sequence[int], event_id: str,
@@ -210,6 +216,9 @@ class OnlineLearner:
         self.buffer = ReplayBuffer(cfg.replay_capacity, self.rng)
         self.holdout: deque[OnlineExample] = deque(maxlen=cfg.holdout_capacity)
         self.state = OnlineState()
+        # Examples that name items the model does not have yet (indices past num_items, given out by the trainer
+        # as the items were first seen): they wait for `grow`, never reaching a batch the model cannot index.
+        self.waiting: deque[OnlineExample] = deque(maxlen=cfg.replay_capacity)
         # The agent adds examples on the event loop while a round runs on the training thread.
         self.lock = threading.Lock()
 
@@ -218,20 +227,60 @@ class OnlineLearner:
         """Queue an example for training, or hold it back for the gate; True when held back."""
         with self.lock:
             self.state.examples += 1
-            if holdout_pick(ex.event_id, self.cfg.holdout_every):
-                if ex.is_positive and len(ex.items) > 1:
-                    self.holdout.append(ex)
-                self.state.held_back += 1
-                return True
-            self.buffer.add(ex)
-            return False
+            if ex.max_index > self.model.cfg.num_items:
+                self.waiting.append(ex)
+                return holdout_pick(ex.event_id, self.cfg.holdout_every)
+            return self._admit(ex)
+
+    def _admit(self, ex: OnlineExample) -> bool:
+        if holdout_pick(ex.event_id, self.cfg.holdout_every):
+            if ex.is_positive and len(ex.items) > 1:
+                self.holdout.append(ex)
+            self.state.held_back += 1
+            return True
+        self.buffer.add(ex)
+        return False
 
     @property
     def unseen(self) -> int:
-        return len(self.buffer.unseen)
+        return len(self.buffer.unseen) + len(self.waiting)
 
     def ready(self) -> bool:
         return self.unseen >= self.cfg.min_new_examples
+
+    # ---- a growing vocabulary (model/vocab.py) ----------------------------------------------------
+    def grow(self, new_ids: Sequence[str], text: np.ndarray | None = None) -> None:
+        """The vocabulary becomes item_ids + new_ids: the model and the gate's serving reference gain the same new
+        rows (so the gate compares like with like), AdamW keeps every moment it had (new rows start at 0), and the
+        examples waiting for these items join the stream. Call on the training thread, between rounds."""
+        with self.lock:
+            if new_ids:
+                N = len(self.item_ids)
+                # Seeded by the vocabulary size: a replay of the same stream grows the same rows.
+                rows = new_item_rows(self.model, len(new_ids), text, seed=self.cfg.seed + N)
+                model, ids = grow_items(self.model, self.item_ids, new_ids, rows)
+                serving, _ = grow_items(self.serving, self.item_ids, new_ids, rows)
+                self._swap_model(model, N + 1, len(ids) + 1)
+                self.serving = serving.eval()
+                self.item_ids = ids
+            n = self.model.cfg.num_items
+            still = [ex for ex in self.waiting if ex.max_index > n]
+            for ex in self.waiting:
+                if ex.max_index <= n:
+                    self._admit(ex)
+            self.waiting = deque(still, maxlen=self.waiting.maxlen)
+
+    def _swap_model(self, model: GenerativeRecommender, old_rows: int, new_rows: int) -> None:
+        """Train `model` from now on, with the optimizer's state carried over (parameter order is the same: the
+        same module tree, only the item tables are longer)."""
+        old = self.trainer.opt.state_dict()
+        names = [name for name, _ in model.named_parameters()]
+        state = {i: grow_optimizer_state(st, old_rows, new_rows) if names[i] in ITEM_TABLES else st
+                 for i, st in old["state"].items()}
+        self.trainer.model = self.model = model
+        self.trainer.opt = torch.optim.AdamW(model.parameters(), lr=self.trainer.cfg.lr,
+                                             weight_decay=self.trainer.cfg.weight_decay)
+        self.trainer.opt.load_state_dict({"state": state, "param_groups": old["param_groups"]})
 
     # ---- training ---------------------------------------------------------------------------------
     def train_round(self) -> RoundResult:
@@ -314,6 +363,17 @@ class OnlineLearner:
         self.state.rejected += 1
         if self.cfg.revert_on_reject:
             self.model.load_state_dict(self.serving.state_dict())
+
+    def follow_checkpoint(self, model: GenerativeRecommender, item_ids: list[str], version: str) -> None:
+        """`follow` a version whose vocabulary may be shorter than the learner's (one published before items
+        joined): it is grown to the learner's vocabulary, the later items starting afresh. A vocabulary that is
+        not a prefix of the learner's (another data set's) is refused."""
+        n = len(item_ids)
+        if item_ids != self.item_ids[:n]:
+            raise ValueError(f"version {version} has another item vocabulary than the trainer's")
+        if n < len(self.item_ids):
+            model, _ = grow_items(model, item_ids, self.item_ids[n:], seed=self.cfg.seed + n)
+        self.follow(model.state_dict(), version)
 
     def follow(self, model_state: dict[str, torch.Tensor], version: str) -> None:
         """Another version was made serving (promote, rollback): learn on from it."""

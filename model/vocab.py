@@ -1,0 +1,157 @@
+"""A growing item vocabulary: items first seen after training join a model without retraining it.
+
+The item-indexed tensors of `GenerativeRecommender` (model/generative.py) gain M rows at the end:
+
+    item_emb.weight   [N+1, D] → [N+M+1, D]   new rows: r_j (below)
+    item_text         [N+1, T] → [N+M+1, T]   new rows: the item's text vector from metadata, or 0 (none known)
+    rank_bias.weight  [N+1, R] → [N+M+1, R]   new rows: the mean bias of the known items (an average item's appeal)
+
+and items.json gains the M raw ids in the same order, so index i of every known item is unchanged: histories
+already encoded, the replay buffer's examples and a worker's served lists keep their meaning, and every known
+item's score is the same function of the history as before (no other parameter moves; checked by
+tests/model/test_vocab.py).
+
+The ID row of a new item, r_j:
+
+    with a text vector:  r_j = 0                 the item is what its text says, e_j = W_text·text_j, until clicks
+                                                 move it (known items' e_i = E[i] + W_text·text_i)
+    without:             r_j ~ N(0, σ² I)        σ = the RMS of the known rows' entries: a typical norm in a random
+                                                 direction, so before any click the item's cosine with a user
+                                                 state is ≈ 0 — neither pushed to everyone (as the mean row, the
+                                                 popularity direction, would be) nor unreachable
+
+No Kafka here: the trainer role (streams/trainer.py) collects the new ids from the events topic and grows its
+model before a training round (model/online.py `OnlineLearner.grow`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.generative import GenerativeRecommender
+
+# The schemas' bound on an id (schemas/messages.py MAX_ID_LEN): an id a message could not carry is not an item.
+MAX_ITEM_ID_LEN = 128
+
+# The state-dict entries indexed by item (row i ↔ vocabulary index i, row 0 padding). Every other tensor of the
+# model is shared by all items and is copied unchanged.
+ITEM_TABLES = ("item_emb.weight", "item_text", "rank_bias.weight")
+
+
+@dataclass(frozen=True)
+class NewItemRows:
+    """The rows M new items get in each item-indexed table ([M, ·] each; keys as in ITEM_TABLES)."""
+
+    rows: dict[str, Tensor]
+
+    @property
+    def count(self) -> int:
+        return int(self.rows["item_emb.weight"].shape[0])
+
+
+def valid_item_id(item_id: str) -> bool:
+    """An id the events schema accepts (1–128 characters) and a JSON vocabulary can hold."""
+    return isinstance(item_id, str) and 0 < len(item_id) <= MAX_ITEM_ID_LEN
+
+
+def check_new_ids(item_ids: Sequence[str], new_ids: Sequence[str]) -> None:
+    known = set(item_ids)
+    if len(set(new_ids)) != len(new_ids):
+        raise ValueError("the new item ids repeat one another")
+    clash = [i for i in new_ids if i in known]
+    if clash:
+        raise ValueError(f"{len(clash)} new item ids are already in the vocabulary, e.g. {clash[0]!r}")
+    bad = [i for i in new_ids if not valid_item_id(i)]
+    if bad:
+        raise ValueError(f"{len(bad)} new item ids are not valid ids (1–{MAX_ITEM_ID_LEN} characters)")
+
+
+@torch.no_grad()
+def new_item_rows(model: GenerativeRecommender, count: int, text: np.ndarray | None = None,
+                  has_text: Sequence[bool] | None = None, seed: int = 0) -> NewItemRows:
+    """The initial rows of `count` new items (see the module docstring).
+
+    text [M, T]: the items' text vectors (a model with text_dim only); has_text [M]: which of them came from
+    metadata (default: the non-zero rows). Deterministic in `seed`, so a run replays.
+    """
+    sd = model.state_dict()
+    emb = sd["item_emb.weight"][1:]  # [N, D], padding row left out
+    M, D = count, emb.shape[1]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    sigma = emb.float().pow(2).mean().sqrt().item()
+    id_rows = torch.randn(M, D, generator=gen) * sigma  # [M, D]
+    rows: dict[str, Tensor] = {}
+    if "item_text" in sd:
+        T = sd["item_text"].shape[1]
+        t = torch.zeros(M, T) if text is None else torch.as_tensor(np.asarray(text, np.float32))
+        if t.shape != (M, T):
+            raise ValueError(f"text vectors of shape {tuple(t.shape)} for {M} new items of a {T}-d text model")
+        known = (t.abs().sum(1) > 0) if has_text is None else torch.as_tensor(list(has_text), dtype=torch.bool)
+        id_rows[known] = 0.0  # the text alone places the item until it is clicked
+        rows["item_text"] = t.to(sd["item_text"].dtype)
+    elif text is not None:
+        raise ValueError("text vectors given for a model without item text (text_dim = 0)")
+    rows["item_emb.weight"] = id_rows.to(emb.dtype)
+    if "rank_bias.weight" in sd:
+        bias = sd["rank_bias.weight"][1:]  # [N, R]
+        rows["rank_bias.weight"] = bias.mean(0, keepdim=True).expand(M, -1).clone()
+    return NewItemRows(rows)
+
+
+@torch.no_grad()
+def grow_items(model: GenerativeRecommender, item_ids: Sequence[str], new_ids: Sequence[str],
+               rows: NewItemRows | None = None, *, text: np.ndarray | None = None, seed: int = 0
+               ) -> tuple[GenerativeRecommender, list[str]]:
+    """A copy of `model` whose vocabulary is item_ids + new_ids (indices 1..N unchanged, N+1..N+M new), and that
+    vocabulary. `rows`: the new rows (`new_item_rows`); by default computed from `text` and `seed`. The input model
+    is left as it was; the copy is on the same device, in the same train/eval mode."""
+    N, M = len(item_ids), len(new_ids)
+    if model.cfg.num_items != N:
+        raise ValueError(f"{N} item ids for a model of {model.cfg.num_items} items")
+    check_new_ids(item_ids, new_ids)
+    if M == 0:
+        grown = GenerativeRecommender(model.cfg.model_copy())
+        grown.load_state_dict(model.state_dict())
+        return grown.to(model.item_emb.weight.device).train(model.training), list(item_ids)
+    rows = rows if rows is not None else new_item_rows(model, M, text, seed=seed)
+    if rows.count != M:
+        raise ValueError(f"{rows.count} new rows for {M} new items")
+    cfg = model.cfg.model_copy(update={"num_items": N + M})
+    grown = GenerativeRecommender(cfg)
+    sd = model.state_dict()
+    new_sd: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        if k in ITEM_TABLES:
+            add = rows.rows[k].to(device=v.device, dtype=v.dtype)
+            new_sd[k] = torch.cat([v, add], 0)  # [N+1, ·] ++ [M, ·] → [N+M+1, ·]
+        else:
+            new_sd[k] = v
+    grown.load_state_dict(new_sd, strict=True)
+    return grown.to(model.item_emb.weight.device).train(model.training), [*item_ids, *new_ids]
+
+
+def grow_popularity(popularity: Sequence[float] | None, num_items: int) -> list[float] | None:
+    """Training popularity counts [N] (checkpoint meta `item_popularity`) padded with 0 for new items: a new item
+    is never a cold-start pick before a retraining counts it."""
+    if popularity is None:
+        return None
+    pop = [float(x) for x in popularity]
+    return pop + [0.0] * max(0, num_items - len(pop))
+
+
+def grow_optimizer_state(state: dict[str, Tensor], old_rows: int, new_rows: int) -> dict[str, Tensor]:
+    """One parameter's AdamW state (exp_avg, exp_avg_sq, step) after its table grew from old_rows to new_rows:
+    the new rows start with zero moments, as a parameter that has not had a gradient yet."""
+    out: dict[str, Tensor] = {}
+    for name, t in state.items():
+        if t.dim() >= 1 and t.shape[0] == old_rows and name != "step":
+            pad = torch.zeros((new_rows - old_rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
+            out[name] = torch.cat([t, pad], 0)
+        else:
+            out[name] = t
+    return out
