@@ -368,12 +368,22 @@ class OnlineLearner:
         """`follow` a version whose vocabulary may be shorter than the learner's (one published before items
         joined): it is grown to the learner's vocabulary, the later items starting afresh. A vocabulary that is
         not a prefix of the learner's (another data set's) is refused."""
+        self.follow(self.extend_to_vocabulary(model, item_ids, version).state_dict(), version)
+
+    def extend_to_vocabulary(self, model: GenerativeRecommender, item_ids: list[str], what: str
+                             ) -> GenerativeRecommender:
+        """`model` (vocabulary item_ids, a prefix of the learner's) grown to the learner's vocabulary: the later
+        items get fresh rows, with the text vectors the learner holds for them."""
         n = len(item_ids)
         if item_ids != self.item_ids[:n]:
-            raise ValueError(f"version {version} has another item vocabulary than the trainer's")
-        if n < len(self.item_ids):
-            model, _ = grow_items(model, item_ids, self.item_ids[n:], seed=self.cfg.seed + n)
-        self.follow(model.state_dict(), version)
+            raise ValueError(f"{what} has another item vocabulary than the trainer's")
+        if n == len(self.item_ids):
+            return model
+        text = None
+        if self.model.cfg.text_dim:
+            text = self.model.item_text[n + 1 :].detach().cpu().numpy()  # type: ignore[index]
+        grown, _ = grow_items(model, item_ids, self.item_ids[n:], text=text, seed=self.cfg.seed + n)
+        return grown
 
     def follow(self, model_state: dict[str, torch.Tensor], version: str) -> None:
         """Another version was made serving (promote, rollback): learn on from it."""

@@ -5,6 +5,9 @@
     examples ──▶ OnlineLearner (model/online.py) on a training thread: bounded rounds, held-back gate
          └──▶ accepted candidate ──▶ model store (versions/<v>, atomic, sha256) ──▶ ModelVersion on genrec.models
     genrec.models (global table) ──▶ a promote/rollback published by someone else: learn on from that version
+    an item id the vocabulary lacks ──▶ the next index (≤ max_new_items_per_version per version) ──▶ the model grows
+         before the next round (model/vocab.py), trains on the events that name it, and the published version's
+         items.json ends with it: workers serve it after they swap to that version
 
 The trainer is its own consumer group (`<app_id>-trainer`), so it reads every partition of the events and
 results and never takes partitions from the infer replicas. Its weights, optimizer, weighter and step counter
@@ -19,12 +22,14 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from faust.types import EventT, StreamT
 from mode import Service
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.checkpoint import load_checkpoint, resolve_in_store
@@ -32,6 +37,7 @@ from model.config import TrainConfig
 from model.online import OnlineConfig, OnlineLearner, make_example
 from model.store import ModelStore
 from model.tokens import History, action_from_event
+from model.vocab import grow_items, grow_popularity, valid_item_id
 from schemas.messages import Event, EventType, ModelVersion, RecResult, decode
 from streams import history_codec, recovery_watch
 from streams.app import KafkaOutput
@@ -55,6 +61,13 @@ class TrainerSettings(BaseSettings):
     learn_from_ts_ms: int = 0
     poll_s: float = 0.2
     torch_threads: int = 1
+    # Items first seen on the events topic join the vocabulary, at most this many between two published versions
+    # (GENREC_TRAINER_MAX_NEW_ITEMS_PER_VERSION): a burst of made-up ids cannot grow the tables without bound, and
+    # every item past the cap stays unknown (as before) until a version is published.
+    max_new_items_per_version: int = Field(default=1000, ge=0, le=100_000)
+    # items.csv (item_id,title,text,categories; model/interactions.py) whose text gives a new item its text vector
+    # in a model with item text (text_dim > 0); re-read at each growth, so an operator can add rows while it runs.
+    items_csv: Path | None = None
 
 
 class TrainerMetrics:
@@ -62,6 +75,10 @@ class TrainerMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)  # process_*: the trainer's CPU and memory (training runs in this process)
         self.events = Counter("genrec_trainer_events", "Events consumed, by outcome", ["outcome"], registry=r)
+        self.new_items = Counter("genrec_trainer_new_items",
+                                 "Item ids first seen on the events topic, by outcome (joined | over_cap | invalid)",
+                                 ["outcome"], registry=r)
+        self.vocabulary = Gauge("genrec_trainer_vocabulary_items", "Items in the trainer's model", registry=r)
         self.results = Counter("genrec_trainer_results", "Served lists consumed", registry=r)
         self.examples = Counter("genrec_trainer_examples", "Examples built, by use", ["use"], registry=r)
         self.steps = Counter("genrec_trainer_steps", "Optimizer steps", registry=r)
@@ -144,24 +161,82 @@ class GenrecTrainer:
             self.store.save_version(base.model, base.item_ids, version=base.version, parent=base.meta.get("parent"),
                                     dataset=self.dataset, metrics={}, extra_meta=self._extra_meta)
         tcfg = TrainConfig(**base.meta.get("train", {})) if base.meta.get("train") else TrainConfig()
-        learner = OnlineLearner(base.model, base.item_ids, tcfg, self.tsettings.online)
-        learner.state.serving_version = base.version
+        self._text_encoder = tcfg.item_text if tcfg.item_text != "none" else (
+            tcfg.search.encoder if tcfg.search.enabled and tcfg.search.item_text else None)
         saved = self.store.load_trainer_state()
-        if saved is not None:
-            weights_dir, state, opt = saved
-            trained = load_checkpoint(weights_dir)
-            if trained.item_ids != base.item_ids:
+        trained = load_checkpoint(saved[0]) if saved is not None else None
+        model, item_ids = base.model, base.item_ids
+        if trained is not None and trained.item_ids != base.item_ids:
+            # Items joined online before the restart: the starting model grows to the saved vocabulary (the saved
+            # weights and optimizer then fit it), which must extend --checkpoint's.
+            n = len(base.item_ids)
+            if trained.item_ids[:n] != base.item_ids:
                 raise ValueError("the saved trainer state has another item vocabulary than --checkpoint")
+            model, item_ids = grow_items(base.model, base.item_ids, trained.item_ids[n:])
+        learner = OnlineLearner(model, list(item_ids), tcfg, self.tsettings.online)
+        learner.state.serving_version = base.version
+        if saved is not None and trained is not None:
+            _, state, opt = saved
             learner.model.load_state_dict(trained.model.state_dict())
+            learner.serving.load_state_dict(trained.model.state_dict())  # replaced below by the serving version
             learner.load_state_dict(state)
             learner.load_optimizer_tensors(*opt)
             serving = state.get("serving_version")
             if serving:
-                learner.serving.load_state_dict(load_checkpoint(self.store.path_of(serving)).model.state_dict())
-            log.info("trainer resumed at step %d (serving %s)", learner.trainer.state.step, serving)
+                ckpt = load_checkpoint(self.store.path_of(serving))
+                ref = learner.extend_to_vocabulary(ckpt.model, ckpt.item_ids, f"version {serving}")
+                learner.serving.load_state_dict(ref.state_dict())
+            log.info("trainer resumed at step %d (serving %s, %d items)", learner.trainer.state.step, serving,
+                     len(learner.item_ids))
         learner.model.train()
-        self.index = {raw: i + 1 for i, raw in enumerate(base.item_ids)}
+        # The trainer's vocabulary: the model's, then the items given an index since (the model grows to it before
+        # the next round). Appended on the event loop, read on the training thread; indices never change.
+        self.vocab = list(learner.item_ids)
+        self.index = {raw: i + 1 for i, raw in enumerate(self.vocab)}
+        self._new_since_publish = 0
+        self.metrics.vocabulary.set(len(self.vocab))
         return learner
+
+    def _new_item_index(self, item_id: str) -> int:
+        """The index an item first seen on the events topic gets (0: it stays unknown)."""
+        if not valid_item_id(item_id):
+            self.metrics.new_items.labels(outcome="invalid").inc()
+            return 0
+        if self._new_since_publish >= self.tsettings.max_new_items_per_version:
+            self.metrics.new_items.labels(outcome="over_cap").inc()
+            return 0
+        self.vocab.append(item_id)
+        self.index[item_id] = idx = len(self.vocab)
+        self._new_since_publish += 1
+        self.metrics.new_items.labels(outcome="joined").inc()
+        return idx
+
+    def _new_item_text(self, new_ids: list[str]) -> np.ndarray | None:
+        """Text vectors [M, text_dim] of new items from --items-csv metadata (zero rows: no metadata), or None for
+        a model without item text."""
+        learner = self.learner
+        assert learner is not None
+        dim = learner.model.cfg.text_dim
+        if not dim:
+            return None
+        out = np.zeros((len(new_ids), dim), np.float32)
+        path = self.tsettings.items_csv
+        if path is None or self._text_encoder is None or not path.is_file():
+            return out
+        from model.interactions import read_items_csv
+        from model.queries import item_text
+        from model.text import make_text_encoder
+
+        try:
+            metas = read_items_csv(path)
+            have = [(j, item_text(metas[i])) for j, i in enumerate(new_ids) if i in metas]
+            have = [(j, t) for j, t in have if t]
+            if have:
+                enc = make_text_encoder(self._text_encoder, **({"dim": dim} if self._text_encoder == "hashed" else {}))
+                out[[j for j, _ in have]] = enc.encode([t for _, t in have])
+        except Exception as exc:  # metadata is a help, never a reason to stop learning
+            log.error("new items' text from %s: %s", path, exc)
+        return out
 
     async def _start_learner(self) -> None:
         loop = asyncio.get_running_loop()
@@ -209,7 +284,7 @@ class GenrecTrainer:
             assert self.settings.model_store is not None
             ckpt = load_checkpoint(resolve_in_store(self.settings.model_store, msg.path), expected_sha256=msg.sha256)
             with learner.lock:
-                learner.follow(ckpt.model.state_dict(), msg.version)
+                learner.follow_checkpoint(ckpt.model, ckpt.item_ids, msg.version)
 
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, load)
@@ -218,6 +293,12 @@ class GenrecTrainer:
         except Exception as exc:
             self._published.add(msg.version)  # not retried
             log.error("trainer cannot follow %s: %s", msg.version, exc)
+
+    def _meta_for(self, learner: OnlineLearner) -> dict[str, Any]:
+        meta = dict(self._extra_meta)
+        if "item_popularity" in meta:
+            meta["item_popularity"] = grow_popularity(meta["item_popularity"], len(learner.item_ids))
+        return meta
 
     def save_state(self) -> None:
         learner = self.learner
@@ -235,6 +316,12 @@ class GenrecTrainer:
         learner = self.learner
         assert learner is not None
         m = self.metrics
+        new_ids = self.vocab[len(learner.item_ids):]  # a snapshot: the event loop only appends
+        if new_ids or learner.waiting:
+            learner.grow(new_ids, self._new_item_text(new_ids) if new_ids else None)
+            if new_ids:
+                log.info("vocabulary grew by %d items to %d", len(new_ids), len(learner.item_ids))
+                m.vocabulary.set(len(learner.item_ids))
         rr = learner.train_round()
         m.steps.inc(rr.steps)
         m.rows.inc(rr.examples)
@@ -273,9 +360,12 @@ class GenrecTrainer:
                     "delay_s_mean": float(np.mean([now_ms - t for t in delays]) / 1000) if delays else 0.0,
                     "delay_s_max": float(max(now_ms - t for t in delays) / 1000) if delays else 0.0,
                 }
+                metrics["items"] = float(len(learner.item_ids))
                 info = self.store.save_version(learner.model, learner.item_ids, version=version, parent=parent,
-                                               dataset=self.dataset, metrics=metrics, extra_meta=self._extra_meta)
+                                               dataset=self.dataset, metrics=metrics,
+                                               extra_meta=self._meta_for(learner))
                 learner.accept(version)
+                self._new_since_publish = len(self.vocab) - len(learner.item_ids)  # the cap counts afresh
                 self._published.add(version)
                 out = (version_message(info), delays)
                 m.rounds.labels(outcome="published").inc()
@@ -317,6 +407,8 @@ class GenrecTrainer:
         action = int(action_from_event(ev.type.value, ev.value))
         learner = self.learner
         idx = self.index.get(ev.item_id, 0) if learner is not None else 0
+        if learner is not None and not idx and ev.ts >= self.tsettings.learn_from_ts_ms:
+            idx = self._new_item_index(ev.item_id)
         if learner is not None and idx and ev.ts >= self.tsettings.learn_from_ts_ms:
             raw = history_codec.decode(current)
             keep = [(self.index.get(i, 0), a, t) for i, a, t in zip(raw.item_ids, raw.actions.tolist(),
