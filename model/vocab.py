@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -154,4 +155,25 @@ def grow_optimizer_state(state: dict[str, Tensor], old_rows: int, new_rows: int)
             out[name] = torch.cat([t, pad], 0)
         else:
             out[name] = t
+    return out
+
+
+def new_item_text(new_ids: Sequence[str], items_csv: Path | str, encoder_name: str, dim: int) -> np.ndarray:
+    """Text vectors [M, dim] of new items from an items.csv (item_id,title,text,categories;
+    model/interactions.py), encoded as training encoded the known items' (`model.search.item_text_vectors`: the
+    named encoder with its defaults); a zero row where the file has no text for the item."""
+    from model.interactions import read_items_csv
+    from model.queries import item_text
+    from model.text import make_text_encoder
+
+    out = np.zeros((len(new_ids), dim), np.float32)
+    metas = read_items_csv(items_csv)
+    have = [(j, item_text(metas[i])) for j, i in enumerate(new_ids) if i in metas]
+    have = [(j, t) for j, t in have if t]
+    if not have:
+        return out
+    encoder = make_text_encoder(encoder_name)  # type: ignore[arg-type]
+    if encoder.dim != dim:
+        raise ValueError(f"text encoder {encoder_name} gives {encoder.dim}-d vectors; the model's item text is {dim}-d")
+    out[[j for j, _ in have]] = encoder.encode([t for _, t in have])
     return out

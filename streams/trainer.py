@@ -37,7 +37,7 @@ from model.config import TrainConfig
 from model.online import OnlineConfig, OnlineLearner, make_example
 from model.store import ModelStore
 from model.tokens import History, action_from_event
-from model.vocab import grow_items, grow_popularity, valid_item_id
+from model.vocab import grow_items, grow_popularity, new_item_text, valid_item_id
 from schemas.messages import Event, EventType, ModelVersion, RecResult, decode
 from streams import history_codec, recovery_watch
 from streams.app import KafkaOutput
@@ -212,31 +212,21 @@ class GenrecTrainer:
         return idx
 
     def _new_item_text(self, new_ids: list[str]) -> np.ndarray | None:
-        """Text vectors [M, text_dim] of new items from --items-csv metadata (zero rows: no metadata), or None for
-        a model without item text."""
+        """Text vectors [M, text_dim] of new items from GENREC_TRAINER_ITEMS_CSV (zero rows: no metadata), or None
+        for a model without item text."""
         learner = self.learner
         assert learner is not None
         dim = learner.model.cfg.text_dim
         if not dim:
             return None
-        out = np.zeros((len(new_ids), dim), np.float32)
         path = self.tsettings.items_csv
         if path is None or self._text_encoder is None or not path.is_file():
-            return out
-        from model.interactions import read_items_csv
-        from model.queries import item_text
-        from model.text import make_text_encoder
-
+            return np.zeros((len(new_ids), dim), np.float32)
         try:
-            metas = read_items_csv(path)
-            have = [(j, item_text(metas[i])) for j, i in enumerate(new_ids) if i in metas]
-            have = [(j, t) for j, t in have if t]
-            if have:
-                enc = make_text_encoder(self._text_encoder, **({"dim": dim} if self._text_encoder == "hashed" else {}))
-                out[[j for j, _ in have]] = enc.encode([t for _, t in have])
+            return new_item_text(new_ids, path, self._text_encoder, dim)
         except Exception as exc:  # metadata is a help, never a reason to stop learning
             log.error("new items' text from %s: %s", path, exc)
-        return out
+            return np.zeros((len(new_ids), dim), np.float32)
 
     async def _start_learner(self) -> None:
         loop = asyncio.get_running_loop()

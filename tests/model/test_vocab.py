@@ -16,7 +16,7 @@ from model.generative import GenerativeRecommender
 from model.online import OnlineConfig, OnlineLearner, make_example
 from model.serving import Recommender
 from model.tokens import Action, History
-from model.vocab import ITEM_TABLES, grow_items, grow_popularity, new_item_rows
+from model.vocab import ITEM_TABLES, grow_items, grow_popularity, new_item_rows, new_item_text
 
 N, M = 50, 7
 
@@ -158,3 +158,19 @@ def test_online_learner_grows_between_rounds_and_trains_on_the_new_items() -> No
     assert learner.model.cfg.num_items == N + 2 and learner.state.serving_version == "older"
     with pytest.raises(ValueError, match="another item vocabulary"):
         learner.follow_checkpoint(_model(), [f"x{k}" for k in range(N)], "other")
+
+
+def test_new_item_text_comes_from_items_csv(tmp_path: Path) -> None:
+    from model.text import make_text_encoder
+
+    csv = tmp_path / "items.csv"
+    csv.write_text("item_id,title,text,categories\nnew0,Red Lipstick,a bold matte red,Makeup|Lips\nnew2,,,\n")
+    enc = make_text_encoder("hashed")
+    vecs = new_item_text(["new0", "new1", "new2"], csv, "hashed", enc.dim)
+    assert vecs.shape == (3, enc.dim) and vecs[0].any() and not vecs[1].any() and not vecs[2].any()
+    model = _model(text_dim=enc.dim)
+    grown, _ = grow_items(model, IDS, ["new0", "new1", "new2"], text=vecs)
+    assert torch.equal(grown.item_emb.weight[N + 1], torch.zeros(16))  # placed by its text
+    assert grown.item_emb.weight[N + 2].any()  # no text: a random ID row
+    with pytest.raises(ValueError, match="-d vectors"):
+        new_item_text(["new0"], csv, "hashed", 8)
