@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from model.data import synthetic_dataset
-from ops.bench_online import global_order, ndcg_hr, prefix_dataset, restrict_users, run_bench_online, summarize
+from ops.bench_online import (
+    global_order,
+    ndcg_hr,
+    prefix_dataset,
+    restrict_users,
+    run_bench_online,
+    seen_vocabulary,
+    summarize,
+)
 from ops.bench_stream import genrec_command
 from tests.conftest import process_alive, require_broker_binary
 
@@ -33,6 +41,31 @@ def test_global_order_and_prefix_cut_by_time() -> None:
         n = len(pre.items[user])
         assert np.all(pre.ts[user] <= t_cut)
         assert n == len(ds.items[user]) or ds.ts[user][n] >= t_cut  # nothing later than the cut was kept
+
+
+def test_seen_vocabulary_keeps_only_the_items_of_the_prefix() -> None:
+    ds = restrict_users(synthetic_dataset(n_users=30, events_per_user=10), 30)
+    u, p, _ = global_order(ds)
+    pre = prefix_dataset(ds, u, p, 50)
+    seen = seen_vocabulary(pre)
+    named = {ds.item_ids[int(i) - 1] for x in pre.items for i in x}
+    assert set(seen.item_ids) == named and len(seen.item_ids) < len(ds.item_ids)
+    assert [i for i in ds.item_ids if i in named] == seen.item_ids  # the data set's order
+    for a, b in zip(pre.items, seen.items, strict=True):  # the same events, re-indexed
+        assert [pre.item_ids[int(i) - 1] for i in a] == [seen.item_ids[int(i) - 1] for i in b]
+
+
+def test_new_item_targets_and_the_retrain_baseline_are_reported_apart() -> None:
+    rows = [{"event": 100 + i, "new_item": i < 4, "version": "x-online-s1",
+             "frozen_ndcg": 0.0, "frozen_hr": 0.0, "online_ndcg": 1.0 if i < 4 else 0.5, "online_hr": 1.0,
+             "retrain_ndcg": 0.25, "retrain_hr": 1.0} for i in range(10)]
+    s = summarize(rows, 100, 10, [1.0], n_windows=2)
+    new, known = s["new_item_targets"], s["known_item_targets"]
+    assert new["requests"] == 4 and known["requests"] == 6 and new["share"] == 0.4
+    assert new["online_ndcg@10"] == 1.0 and known["online_ndcg@10"] == 0.5 and new["frozen_ndcg@10"] == 0.0
+    assert new["online_minus_frozen_ndcg@10"]["mean"] == 1.0 and known["online_minus_retrain_ndcg@10"]["mean"] == 0.25
+    assert s["retrain_ndcg@10"] == 0.25 and s["retrain_minus_frozen_ndcg@10"]["mean"] == 0.25
+    assert s["windows"][0]["retrain_ndcg@10"] == 0.25
 
 
 def test_scoring_and_windows() -> None:
@@ -56,7 +89,7 @@ def test_short_prequential_run_through_the_broker(tmp_path: Path) -> None:
     require_broker_binary()
     result = run_bench_online(
         "synthetic", None, users=60, wave=200, epochs=1, events=600, work_dir=tmp_path, plot=tmp_path / "p.png",
-        progress=False,
+        progress=False, vocabulary="seen", retrain_every=1,
         # Publishing must happen for the swap to be observable; the gate itself is tested in tests/model.
         online_env={"GENREC_TRAINER_ONLINE__TOLERANCE": "1.0", "GENREC_TRAINER_ONLINE__MIN_HOLDOUT": "5"},
     )
@@ -68,6 +101,12 @@ def test_short_prequential_run_through_the_broker(tmp_path: Path) -> None:
     assert result["trainer"]["steps"] > 0 and result["trainer"]["rows_per_s"] > 0
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert len(result["windows"]) == 10
+    # The starting model knows only the first 70 %'s items; the new-item split and the retrain baseline are there.
+    assert result["vocabulary"] == "seen" and result["base_items"] <= 300
+    parts = result["new_item_targets"]["requests"] + result["known_item_targets"]["requests"]
+    assert parts == result["requests"]
+    assert result["retrain"]["retrains"] == 2 and 0.0 <= result["retrain_ndcg@10"] <= 1.0
+    assert "new_item_first_event_to_servable_s" in result["delay"]
 
 
 def test_paired_difference_interval() -> None:
