@@ -178,7 +178,6 @@ class GenrecTrainer:
         if saved is not None and trained is not None:
             _, state, opt = saved
             learner.model.load_state_dict(trained.model.state_dict())
-            learner.serving.load_state_dict(trained.model.state_dict())  # replaced below by the serving version
             learner.load_state_dict(state)
             learner.load_optimizer_tensors(*opt)
             serving = state.get("serving_version")
