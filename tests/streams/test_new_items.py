@@ -26,6 +26,7 @@ from tests.streams.conftest import FAST_GROUP_ENV, WorkerHandle, produce, read_u
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 NEW = "brand-new-item"
+OVER_CAP = "second-new-item"
 T0 = int(time.time() * 1000)  # events before T0 only build histories; the new item's clicks come after
 
 
@@ -43,6 +44,8 @@ def test_an_item_first_seen_online_is_recommended_after_the_next_publish(
     trainer_env = {
         **FAST_GROUP_ENV, **w.topics.env(), "GENREC_MODEL_STORE": str(store.root), "GENREC_MODELS_TOPIC": models_topic,
         "GENREC_TRAINER_LEARN_FROM_TS_MS": str(T0),
+        # One new item per version: a second one seen before the publish stays unknown (over the cap).
+        "GENREC_TRAINER_MAX_NEW_ITEMS_PER_VERSION": "1",
         # One round on the new item's clicks (≈ 45 trained, ≈ 15 held back), steps enough to learn it.
         "GENREC_TRAINER_ONLINE__MIN_NEW_EXAMPLES": "40", "GENREC_TRAINER_ONLINE__BATCH_SIZE": "8",
         "GENREC_TRAINER_ONLINE__RECENT_SHARE": "1.0", "GENREC_TRAINER_ONLINE__STEPS_PER_ROUND": "16",
@@ -102,9 +105,12 @@ def _run(w: WorkerHandle, store: ModelStore, base_version: str, trainer_port: in
                                                    item_id=NEW)))
 
     produce(w.bootstrap, [r for k, u in enumerate(clickers + others) for r in history(u, k)])
-    # One click on the new item: too few examples for a round, so the base version still serves.
-    produce(w.bootstrap, [click_new(clickers[0])])
-    w.wait_counter("genrec_events_total", 15 * 63 + 1, outcome="appended")
+    # One click on the new item: too few examples for a round, so the base version still serves. The same user then
+    # clicks a second unknown item (same partition, so after it): over the cap of one new item per version.
+    over = (t.events, clickers[0].encode(), encode(Event(event_id=f"{clickers[0]}-over", user_id=clickers[0],
+                                                         ts=T0 + 2000, type="click", item_id=OVER_CAP)))
+    produce(w.bootstrap, [click_new(clickers[0]), over])
+    w.wait_counter("genrec_events_total", 15 * 63 + 2, outcome="appended")
 
     def request(u: str, rid: str) -> RecResult:
         produce(w.bootstrap, [(t.requests, u.encode(), encode(RecRequest(request_id=rid, user_id=u, ts=T0 + 60_000,
@@ -136,6 +142,7 @@ def _run(w: WorkerHandle, store: ModelStore, base_version: str, trainer_port: in
     assert items[:-1] == list(ds.item_ids)
     live = scrape(trainer_port)
     assert live['genrec_trainer_new_items_total{outcome="joined"}'] == 1
+    assert live['genrec_trainer_new_items_total{outcome="over_cap"}'] == 1 and OVER_CAP not in items
     assert live["genrec_trainer_vocabulary_items"] == len(ds.item_ids) + 1
     popularity = json.loads((store.path_of(res.model_version) / "config.json").read_text()).get("item_popularity")
     assert popularity is None or (len(popularity) == len(items) and popularity[-1] == 0)
