@@ -57,6 +57,7 @@ class KafkaOutput(Service):
 
     Faust's own producer must send one-record batches for the changelog's sake on the embedded broker
     (docs/architecture.md, Brokers); results do not need that, and batching them is what makes high request rates cheap.
+    On Apache Kafka it is idempotent like the changelog producer (StreamSettings.producer_profile).
     """
 
     def __init__(self, settings: StreamSettings, **kwargs: Any) -> None:
@@ -69,10 +70,13 @@ class KafkaOutput(Service):
     def new_producer(self) -> AIOKafkaProducer:
         """The producer, configured but not connected (call inside the running loop)."""
         s = self.settings
+        profile = s.producer_profile
         return AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers,
             client_id=f"genrec-{s.worker_id}",
             acks="all",
+            enable_idempotence=profile.idempotence,
+            compression_type=profile.compression_type,
             linger_ms=s.results_linger_ms,
             max_batch_size=s.results_max_batch_size,
             request_timeout_ms=int(s.request_timeout_s * 1000),
@@ -213,6 +217,7 @@ class GenrecWorker:
     ) -> None:
         s = self.settings = settings
         self.metrics = WorkerMetrics()
+        self.metrics.broker_info.labels(kind=s.producer_profile.broker_kind).set(1)
         self.app = app = build_faust_app(s, s.app_id, standby_replicas=s.standby_replicas)
         self.output = KafkaOutput(s)
         self.model = ModelHolder(s, self.metrics, recommender_loader, on_failure=app.crash)
@@ -426,6 +431,8 @@ class GenrecWorker:
             "rebalancing": bool(app.rebalancing),
             "recovered": recovery.completed.is_set(),
             "in_recovery": bool(recovery.in_recovery),
+            # Which broker's producer settings this replica runs with (streams/broker_kind.py).
+            "broker_kind": self.settings.producer_profile.broker_kind,
             **self.assignment(),
         }
         ok = state["model_loaded"] and state["recovered"] and not state["rebalancing"] and not state["in_recovery"]

@@ -1,7 +1,8 @@
 """One Faust app builder for every worker role (infer and trainer).
 
 Both roles talk to the same cluster and must get the same client settings: credentials (SASL/TLS), the
-one-record changelog batches the embedded broker needs (design notes in streams/settings.py), the group
+producer settings of the broker they talk to (one-record changelog batches on the embedded broker,
+idempotent batching on Apache Kafka: StreamSettings.producer_profile), the group
 timeouts, the fetch wait, the web server with our own pages only. Building both apps here means a setting
 added for one role cannot be forgotten in the other (the trainer once had no `broker_credentials`, so its
 consumers could not reach a SASL/TLS cluster).
@@ -43,6 +44,7 @@ def faust_credentials(settings: StreamSettings) -> Any:
 def build_faust_app(settings: StreamSettings, app_id: str, *, standby_replicas: int) -> GenrecFaustApp:
     """The Faust app of one worker role: `app_id` is its consumer group, `standby_replicas` its tables'."""
     s = settings
+    producer = s.producer_profile
     return GenrecFaustApp(
         app_id,
         broker=s.broker_url,
@@ -52,9 +54,11 @@ def build_faust_app(settings: StreamSettings, app_id: str, *, standby_replicas: 
         topic_partitions=s.partitions,
         topic_replication_factor=s.replication,
         table_standby_replicas=standby_replicas,
-        producer_max_batch_size=s.producer_max_batch_size,
-        producer_linger=s.producer_linger_ms / 1000.0,
+        producer_max_batch_size=producer.changelog_max_batch_size,
+        producer_linger=producer.changelog_linger_ms / 1000.0,
+        producer_compression_type=producer.compression_type,
         producer_acks=-1,
+        producer_idempotence=producer.idempotence,
         broker_session_timeout=s.session_timeout_s,
         broker_heartbeat_interval=s.heartbeat_interval_s,
         broker_rebalance_timeout=s.rebalance_timeout_s,

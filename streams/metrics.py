@@ -156,6 +156,9 @@ class WorkerMetrics:
         self.recovery_stalls = Counter(
             "genrec_recovery_stalls", "Changelog restores that made no progress for recovery_stall_s", registry=r
         )
+        self.broker_info = Gauge(
+            "genrec_broker_info", "The broker kind the producers are set for (value 1)", ["kind"], registry=r
+        )  # kind: tansu (one-record changelog batches) | kafka (batched, idempotent); streams/broker_kind.py
         self.ready = Gauge("genrec_ready", "1 when the worker serves (model loaded, partitions recovered)", registry=r)
 
     def set_model_version(self, version: str) -> None:

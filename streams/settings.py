@@ -1,8 +1,9 @@
 """Worker configuration: one pydantic-settings object (env `GENREC_*`, overridden by CLI flags).
 
-Defaults are tuned for the embedded broker (docs/architecture.md, Brokers): one-record changelog batches,
-a short fetch wait, short group timeouts. On Apache Kafka raise `producer_max_batch_size` and the
-timeouts through the environment.
+Defaults are tuned for the embedded broker (docs/architecture.md, Brokers): a short fetch wait, short group
+timeouts. The producers follow the broker the worker talks to (`broker_kind`, detected at start by
+streams/worker.py): one-record changelog batches on Tansu, normal batching with an idempotent producer on Apache
+Kafka (`producer_profile`); each producer setting left unset takes that broker's value.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import os
 import socket
 import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.broker_kind import BrokerKind, BrokerKindSetting
+
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
@@ -81,6 +86,31 @@ def _scan(path: Path) -> Iterator[Path]:
                 yield from itertools.islice(sub.iterdir(), _SCAN_LIMIT)
             except OSError:
                 continue
+
+
+# Tansu: a v2 record batch header alone is 61 bytes, so a second record never fits next to the first one.
+TANSU_MAX_BATCH_BYTES = 64
+# Apache Kafka: the Java producer's own defaults since Kafka 4.0 (batch.size, linger.ms).
+KAFKA_MAX_BATCH_BYTES = 16_384
+KAFKA_LINGER_MS = 5
+
+
+@dataclass(frozen=True)
+class ProducerProfile:
+    """How the worker's producers send, for the broker it talks to (StreamSettings.producer_profile)."""
+
+    broker_kind: BrokerKind
+    # Faust's producer: the table changelogs (and the trainer's model versions).
+    changelog_max_batch_size: int
+    changelog_linger_ms: int
+    # Every producer: results, forwards and dead letters (KafkaOutput) too.
+    compression: Compression
+    idempotence: bool
+
+    @property
+    def compression_type(self) -> str | None:
+        """aiokafka's `compression_type` (None: uncompressed)."""
+        return None if self.compression == "none" else self.compression
 
 
 class StreamSettings(BaseSettings):
@@ -152,9 +182,16 @@ class StreamSettings(BaseSettings):
     web_bind: str = "0.0.0.0"
     web_enabled: bool = True
 
-    # Kafka clients. 64 bytes: every changelog batch holds one record (Tansu end-offset bug, §6).
-    producer_max_batch_size: int = Field(default=64, ge=1)
-    producer_linger_ms: int = Field(default=0, ge=0)
+    # Kafka clients. The broker: `auto` asks it at start (streams/broker_kind.py); `tansu` / `kafka` say it.
+    broker_kind: BrokerKindSetting = "auto"
+    # Unset (None): the broker's value (producer_profile). On Tansu 64 bytes, so that every changelog batch
+    # holds one record (its end-offset bug, docs/architecture.md "Brokers"), no linger, no compression, no
+    # idempotence (today's behaviour there); on Kafka 16 KiB, 5 ms, idempotent (acks=all, no duplicates from
+    # retries). Compression stays off on both unless set: see BENCHMARKS.md "Streaming worker".
+    producer_max_batch_size: int | None = Field(default=None, ge=1)
+    producer_linger_ms: int | None = Field(default=None, ge=0)
+    producer_compression: Compression | None = None
+    producer_idempotence: bool | None = None
     # Results, forwards and dead letters go through a second, normally batched producer (§6b).
     results_max_batch_size: int = Field(default=16_384, ge=1)
     results_linger_ms: int = Field(default=2, ge=0)
@@ -202,6 +239,22 @@ class StreamSettings(BaseSettings):
     def from_flags(cls, **flags: Any) -> StreamSettings:
         """Env first, then every flag the user actually gave (None = not given)."""
         return cls(**{k: v for k, v in flags.items() if v is not None})
+
+    @property
+    def producer_profile(self) -> ProducerProfile:
+        """The producers' settings for `broker_kind`; `auto` not yet resolved counts as Tansu (safe anywhere)."""
+        kafka = self.broker_kind == "kafka"
+
+        def pick(value: Any, tansu: Any, on_kafka: Any) -> Any:
+            return value if value is not None else (on_kafka if kafka else tansu)
+
+        return ProducerProfile(
+            broker_kind="kafka" if kafka else "tansu",
+            changelog_max_batch_size=pick(self.producer_max_batch_size, TANSU_MAX_BATCH_BYTES, KAFKA_MAX_BATCH_BYTES),
+            changelog_linger_ms=pick(self.producer_linger_ms, 0, KAFKA_LINGER_MS),
+            compression=pick(self.producer_compression, "none", "none"),
+            idempotence=pick(self.producer_idempotence, False, True),
+        )
 
     @property
     def broker_url(self) -> str:

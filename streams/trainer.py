@@ -121,7 +121,9 @@ class GenrecTrainer:
                                             initializer=self._init_thread)
         # Its own consumer group: it reads every partition and never takes partitions from the infer replicas.
         self.app = app = build_faust_app(s, f"{s.app_id}-trainer", standby_replicas=0)
-        self.output = KafkaOutput(s.model_copy(update={"results_max_batch_size": s.producer_max_batch_size}))
+        self.output = KafkaOutput(
+            s.model_copy(update={"results_max_batch_size": s.producer_profile.changelog_max_batch_size})
+        )
         app.first_services.append(self.output)
         self.events_topic = raw_topic(app, s.events_topic, s)
         self.results_topic = raw_topic(app, s.results_topic, s)

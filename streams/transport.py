@@ -299,8 +299,19 @@ class _TableManager(TableManager):
             await self.recovery.start()
 
 
+class _Producer(faust_aiokafka.Producer):
+    def _settings_extra(self) -> Any:
+        # Faust 0.15.3 has no setting for an idempotent producer outside transactions (exactly_once, which
+        # genrec does not use): add it here. acks stays -1 (all), which idempotence requires.
+        extra = dict(super()._settings_extra())
+        if getattr(self.app, "producer_idempotence", False):
+            extra["enable_idempotence"] = True
+        return extra
+
+
 class _Transport(faust_aiokafka.Transport):
     Consumer: ClassVar[Any] = _Consumer
+    Producer: ClassVar[Any] = _Producer
 
 
 class GenrecFaustApp(faust.App):
@@ -308,12 +319,17 @@ class GenrecFaustApp(faust.App):
     (`first_services`) start before Faust's producer/consumer/agents and stop after them."""
 
     fetch_max_wait_ms: int | None = None
+    # Faust's producer (the changelogs) idempotent (_Producer): on Apache Kafka (StreamSettings.producer_profile).
+    producer_idempotence: bool = False
     # A listening socket for the web server, claimed before the app starts (streams/web_port.py); None: Faust
     # binds conf.web_port itself.
     web_socket: socket.socket | None = None
 
-    def __init__(self, *args: Any, fetch_max_wait_ms: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, fetch_max_wait_ms: int | None = None, producer_idempotence: bool = False, **kwargs: Any
+    ) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.producer_idempotence = producer_idempotence
         self.first_services: list[ServiceT] = []
         # Topics whose messages count as acked only after mark_processed (see _Consumer.ack).
         self.agent_acked_topics: set[str] = set()

@@ -6,16 +6,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Any
 
-from streams import group_handoff, logs, web_port
+from aiokafka.errors import KafkaError
+
+from streams import broker_kind, group_handoff, logs, web_port
 from streams.settings import StreamSettings
 
 log = logging.getLogger("genrec.worker")
 
 
-async def _existing_partitions(settings: StreamSettings, timeout_s: float = 15.0) -> dict[str, int]:
-    """Partition counts of the worker's source topics that already exist on the cluster."""
+@dataclass(frozen=True)
+class ClusterProbe:
+    """What one metadata round trip at start tells a worker about its cluster."""
+
+    # Partition counts of the worker's source topics that already exist.
+    partitions: dict[str, int]
+    # The broker's ApiVersions answer (API key → (min, max)); None when it could not be read.
+    api_versions: dict[int, tuple[int, int]] | None
+
+
+async def probe_cluster(settings: StreamSettings, timeout_s: float = 15.0) -> ClusterProbe:
+    """The source topics' partition counts and the ApiVersions of a broker, in one client's round trips."""
     from aiokafka import AIOKafkaClient
 
     client = AIOKafkaClient(
@@ -32,14 +45,52 @@ async def _existing_partitions(settings: StreamSettings, timeout_s: float = 15.0
             parts = client.cluster.partitions_for_topic(t)
             if parts:
                 out[t] = len(parts)
-        return out
+        return ClusterProbe(out, await _api_versions(client, timeout_s))
     finally:
         await client.close()
 
 
-def resolve_partitions(settings: StreamSettings) -> StreamSettings:
+async def _existing_partitions(settings: StreamSettings, timeout_s: float = 15.0) -> dict[str, int]:
+    """Partition counts of the worker's source topics that already exist on the cluster."""
+    return (await probe_cluster(settings, timeout_s)).partitions
+
+
+async def _api_versions(client: Any, timeout_s: float) -> dict[int, tuple[int, int]] | None:
+    """The ApiVersions answer aiokafka's connection already holds (it asks on every connect)."""
+    brokers = sorted(b.nodeId for b in client.cluster.brokers())
+    if not brokers:
+        return None
+    try:
+        conn = await asyncio.wait_for(client._get_conn(brokers[0]), timeout_s)
+    except (OSError, TimeoutError, KafkaError) as exc:
+        log.warning("broker kind: could not connect to broker %s: %r", brokers[0], exc)
+        return None
+    versions = getattr(conn, "_versions", None) if conn is not None else None
+    if not isinstance(versions, dict) or not versions:
+        log.warning("broker kind: aiokafka's connection holds no ApiVersions (aiokafka changed?)")
+        return None
+    return {int(k): (int(v[0]), int(v[1])) for k, v in versions.items()}
+
+
+def resolve_cluster(settings: StreamSettings) -> StreamSettings:
+    """Adopt the source topics' partition count (co-partitioning) and resolve `broker_kind`."""
+    probe = asyncio.run(probe_cluster(settings))
+    settings = resolve_partitions(settings, probe.partitions)
+    kind = broker_kind.resolve_kind(settings.broker_kind, probe.api_versions)
+    how = "detected" if settings.broker_kind == "auto" else "configured"
+    settings = settings.model_copy(update={"broker_kind": kind})
+    profile = settings.producer_profile
+    log.info(
+        "broker kind: %s (%s; %s API keys); producers: changelog batches of %d bytes, linger %d ms, "
+        "compression %s, idempotent %s",
+        kind, how, len(probe.api_versions) if probe.api_versions else "no", profile.changelog_max_batch_size,
+        profile.changelog_linger_ms, profile.compression, profile.idempotence,
+    )
+    return settings
+
+
+def resolve_partitions(settings: StreamSettings, found: dict[str, int]) -> StreamSettings:
     """Co-partitioning needs table partitions == source topic partitions: adopt an existing count."""
-    found = asyncio.run(_existing_partitions(settings))
     counts = set(found.values())
     if len(counts) > 1:
         raise SystemExit(
@@ -75,7 +126,7 @@ def run_worker(settings: StreamSettings) -> int:
         settings = settings.model_copy(update={"web_port": web_port.bound_port(web_socket)})
         web_port.write_port_file(settings.state_dir, settings.web_port)
         log.info("web port: %d", settings.web_port)
-    settings = resolve_partitions(settings)
+    settings = resolve_cluster(settings)
     log.info("settings: %s", settings.safe_dump())
 
     import faust

@@ -22,7 +22,8 @@ def test_defaults_follow_the_design(monkeypatch):
     )
     assert s.bootstrap == "127.0.0.1:9092"
     assert s.history_len == 200
-    assert s.producer_max_batch_size == 64  # one-record changelog batches on the embedded broker
+    # One-record changelog batches on the embedded broker (the default until the worker detects its broker).
+    assert s.broker_kind == "auto" and s.producer_profile.changelog_max_batch_size == 64
     assert s.fetch_max_wait_ms <= 50
 
 
