@@ -1,11 +1,16 @@
-"""`genrec bench stream`: the worker under sustained load on a fresh embedded broker, and its ceilings.
+"""`genrec bench stream`: the worker under sustained load on a fresh broker, and its ceilings.
 
-One run, one fresh Tansu (its memory store never frees data: docs/architecture.md, Brokers):
+One run, one fresh broker: Tansu (`--broker tansu`, the default; its memory store never frees data:
+docs/architecture.md, Brokers) or a single-node Apache Kafka (`--broker kafka`, ops/kafka_broker.py). The worker,
+the stateful ceiling and the peer use the producer settings of that broker (streams/settings.py
+`producer_profile`: one-record changelog batches on Tansu, batched and idempotent on Kafka):
 
 1. **Ceilings.** The same pre-produced events are consumed by (a) a pass-through Faust agent, (b) a plain
    Faust agent that writes a RocksDB table once per event (the stateful ceiling: each write also produces
    a one-record changelog batch), and (c) the genrec worker's ingest agent (decode, validate, dedup,
    append to the binary history). Throughput = events / (last processed − first processed).
+   On Kafka, also (d) the Kafka Streams peer (ops/streams_peer.py): each item id appended to its user's
+   list in a RocksDB store, the JVM anchor for stateful ingest.
 2. **Latency.** A genrec worker serves a model (a given checkpoint, or a tiny one trained on synthetic
    data); users get histories first; then requests are sent at each rate for `seconds`; end-to-end latency
    is result received − request sent, measured by this process for every request.
@@ -37,8 +42,14 @@ import numpy as np
 TARGET_RPS = 300.0
 TARGET_P99_MS = 250.0
 TARGET_INGEST_RATIO = 0.90
+# Issue 21 item 3: genrec's ingest at least half the pass-through Faust agent's rate, on either broker.
+TARGET_INGEST_TO_PASSTHROUGH = 0.5
+BROKER_NAMES = {"tansu": "tansu (embedded, memory)", "kafka": "Apache Kafka (single KRaft node, ops/kafka_broker.py)"}
 SECTION_START = "<!-- bench:stream -->"
 SECTION_END = "<!-- /bench:stream -->"
+# The Apache Kafka run's section (`--broker kafka`), after the Tansu one.
+KAFKA_SECTION_START = "<!-- bench:stream-kafka -->"
+KAFKA_SECTION_END = "<!-- /bench:stream-kafka -->"
 
 
 # ------------------------------------------------------------------------ processes (also used by tests)
@@ -268,10 +279,16 @@ async def request_load(
 # ------------------------------------------------------------------------ ceiling apps (child processes)
 
 
-def _ceiling_main(mode: str, bootstrap: str, topic: str, n: int, state_dir: str, partitions: int) -> None:
+def _ceiling_main(
+    mode: str, bootstrap: str, topic: str, n: int, state_dir: str, partitions: int, broker_kind: str = "tansu"
+) -> None:
     """A plain Faust app on `topic`: `passthrough` does nothing per event, `stateful` writes one RocksDB
     table entry per event. Prints {"events", "seconds"} measured between the first and the n-th event."""
+    from streams.settings import StreamSettings
     from streams.transport import GenrecFaustApp
+
+    # The changelog producer the worker would use on this broker.
+    profile = StreamSettings(broker_kind=broker_kind).producer_profile
 
     app = GenrecFaustApp(
         f"ceiling-{mode}-{uuid.uuid4().hex[:6]}",
@@ -281,7 +298,11 @@ def _ceiling_main(mode: str, bootstrap: str, topic: str, n: int, state_dir: str,
         web_enabled=False,
         # The changelog must have the source topic's partition count (Faust's default is 8).
         topic_partitions=partitions,
-        producer_max_batch_size=64,  # one-record changelog batches, as the worker (docs/architecture.md, Brokers)
+        producer_max_batch_size=profile.changelog_max_batch_size,
+        producer_linger=profile.changelog_linger_ms / 1000.0,
+        producer_compression_type=profile.compression_type,
+        producer_acks=-1,
+        producer_idempotence=profile.idempotence,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
@@ -319,11 +340,13 @@ def _ceiling_main(mode: str, bootstrap: str, topic: str, n: int, state_dir: str,
 
 
 def measure_ceiling(
-    mode: str, bootstrap: str, topic: str, n: int, partitions: int, timeout_s: float = 300.0
+    mode: str, bootstrap: str, topic: str, n: int, partitions: int, timeout_s: float = 300.0,
+    broker_kind: str = "tansu",
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="genrec-ceiling-") as d:
         proc = subprocess.run(
-            [sys.executable, "-m", "ops.bench_stream", "ceiling", mode, bootstrap, topic, str(n), d, str(partitions)],
+            [sys.executable, "-m", "ops.bench_stream", "ceiling", mode, bootstrap, topic, str(n), d, str(partitions),
+             broker_kind],
             capture_output=True,
             timeout=timeout_s,
             check=False,
@@ -391,10 +414,14 @@ def run_bench_stream(
     users: int,
     partitions: int = 6,
     ingest_rounds: int = 2,
+    broker: str = "tansu",
     log: Any = None,
 ) -> dict[str, Any]:
-    from ops.broker import EmbeddedBroker, free_port
+    from ops.broker import BrokerProcess, EmbeddedBroker, free_port
     from ops.topics import TopicSpec, create_topics, default_specs
+
+    if broker not in BROKER_NAMES:
+        raise ValueError(f"broker must be one of {sorted(BROKER_NAMES)}, not {broker!r}")
 
     def say(msg: str) -> None:
         print(f"[bench stream] {msg}", file=log or sys.stderr, flush=True)
@@ -409,10 +436,21 @@ def run_bench_stream(
         items = json.loads((checkpoint / "items.json").read_text())
         item_ids = items if isinstance(items, list) else list(items.get("item_ids", items))
         item_ids = [str(x) for x in item_ids][:5000]
-        with EmbeddedBroker() as broker:
-            bs = broker.bootstrap
-            say(f"fresh embedded broker at {bs}")
-            ceiling_topics = {mode: f"bench.ceiling.{mode}" for mode in ("passthrough", "stateful")}
+        if broker == "kafka":
+            from ops.kafka_broker import KafkaBroker
+            from ops.streams_peer import measure_peer, peer_classpath
+
+            peer_classpath()  # built (once) before anything is timed
+            fresh: BrokerProcess = KafkaBroker()
+        else:
+            fresh = EmbeddedBroker()
+        peer_modes = ("kafka_streams",) if broker == "kafka" else ()
+        # Every run says which broker the worker detected (its /ready), not only which one was started.
+        env = {"GENREC_BROKER_KIND": "auto"}
+        with fresh:
+            bs = fresh.bootstrap
+            say(f"fresh {BROKER_NAMES[broker]} at {bs}")
+            ceiling_topics = {mode: f"bench.ceiling.{mode}" for mode in ("passthrough", "stateful", *peer_modes)}
             specs = default_specs(partitions=partitions) + [TopicSpec(t, partitions) for t in ceiling_topics.values()]
             asyncio.run(create_topics(bs, specs))
             # -- ceilings: one topic of identical events per consumer, produced before each starts
@@ -421,19 +459,24 @@ def run_bench_stream(
                 asyncio.run(produce_all(bs, topic, make_events(ceiling_events, users, item_ids, seed=1)))
             say(f"ceiling passthrough: {ceiling_events} events")
             ceilings["passthrough"] = measure_ceiling("passthrough", bs, ceiling_topics["passthrough"],
-                                                      ceiling_events, partitions)
+                                                      ceiling_events, partitions, broker_kind=broker)
             say(f"  {ceilings['passthrough']}")
+            if peer_modes:
+                say(f"Kafka Streams peer: {ceiling_events} events")
+                ceilings["kafka_streams"] = measure_peer(bs, ceiling_topics["kafka_streams"], ceiling_events)
+                say(f"  {ceilings['kafka_streams']}")
             # -- stateful ceiling and the worker's ingest, alternated: on a shared box one measurement of each
             # swings by ±15 %; the best of each (noise only ever slows a run down) is compared, every round kept.
             rounds: list[dict[str, Any]] = []
             port = 0
             for r in range(ingest_rounds):
                 say(f"round {r + 1}/{ingest_rounds}: stateful ceiling, then genrec ingest ({ceiling_events} events)")
-                stateful = measure_ceiling("stateful", bs, ceiling_topics["stateful"], ceiling_events, partitions)
+                stateful = measure_ceiling("stateful", bs, ceiling_topics["stateful"], ceiling_events, partitions,
+                                           broker_kind=broker)
                 port = free_port()
                 # A consumer group and changelog of its own per round: each worker reads the events from the start.
                 worker = start_worker(bs, checkpoint, work / f"state-{r}", port, app_id=f"genrec-bench-{r}",
-                                      log_path=work / "worker.log")
+                                      log_path=work / "worker.log", env=env)
                 ingest = measure_worker_ingest(port, ceiling_events, worker)
                 rounds.append({"stateful": stateful, "genrec_ingest": ingest})
                 say(f"  stateful {stateful}, genrec ingest {ingest}")
@@ -447,6 +490,10 @@ def run_bench_stream(
                 raise ValueError("ingest_rounds must be at least 1")
             try:
                 wait_ready(port, worker, timeout_s=180)
+                detected = json.loads(http_get(port, "/ready")[1]).get("broker_kind")
+                say(f"worker detected broker kind {detected!r}")
+                if detected != broker:
+                    raise RuntimeError(f"the worker detected {detected!r} on a {broker} broker")
                 user_ids = [str(u) for u in range(1, users + 1)]
                 steps = []
                 for rate in rates:
@@ -474,9 +521,13 @@ def run_bench_stream(
 
     best = best_sustained_rate(steps)
     pt, st, gi = ceilings["passthrough"]["eps"], ceilings["stateful"]["eps"], ceilings["genrec_ingest"]["eps"]
+    peer = {"ratio_kafka_streams_to_passthrough": round(ceilings["kafka_streams"]["eps"] / pt, 3),
+            "ratio_ingest_to_kafka_streams": round(gi / ceilings["kafka_streams"]["eps"], 3)} \
+        if "kafka_streams" in ceilings else {}
     return {
         "bench": "stream",
-        "broker": "tansu (embedded, memory)",
+        "broker": BROKER_NAMES[broker],
+        "broker_kind": broker,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": _torch_version()},
         "seconds": seconds,
         "model_version": model_version,
@@ -491,9 +542,11 @@ def run_bench_stream(
         "ratio_ingest_to_stateful": round(gi / st, 3),
         "ratio_ingest_to_passthrough": round(gi / pt, 3),
         "ratio_stateful_to_passthrough": round(st / pt, 3),
+        **peer,
         "targets": {
             "requests_300_rps_p99_250ms": best >= TARGET_RPS,
             "ingest_ge_90pct_of_stateful": gi / st >= TARGET_INGEST_RATIO,
+            "ingest_ge_half_of_passthrough": gi / pt >= TARGET_INGEST_TO_PASSTHROUGH,
         },
     }
 
@@ -534,13 +587,23 @@ def write_benchmarks_section(result: dict[str, Any], path: Path) -> None:
         + " events/s per round; the best of each is in the table."
         if len(rounds) > 1 else ""
     )
-    body = f"""{SECTION_START}
-## Streaming worker (`genrec bench stream --json`)
+    kafka = result.get("broker_kind") == "kafka"
+    start, end = (KAFKA_SECTION_START, KAFKA_SECTION_END) if kafka else (SECTION_START, SECTION_END)
+    flag = " --broker kafka" if kafka else ""
+    where = ("Apache Kafka 4.4 (one KRaft node, ops/kafka_broker.py; the worker detected it and sent batched, "
+             "idempotent changelogs)" if kafka else "Embedded broker (Tansu, memory)")
+    peer_row = (f"| Kafka Streams peer (ops/kafka/streams-peer: item id appended to the user's list in RocksDB, "
+                f"1 stream thread) | {c['kafka_streams']['eps']:g} |\n" if "kafka_streams" in c else "")
+    peer_line = (f" Kafka Streams peer / pass-through = {result['ratio_kafka_streams_to_passthrough']:.2f}; genrec "
+                 f"ingest / Kafka Streams peer = **{result['ratio_ingest_to_kafka_streams']:.2f}**."
+                 if "kafka_streams" in c else "")
+    body = f"""{start}
+## Streaming worker on {"Apache Kafka" if kafka else "Tansu"} (`genrec bench stream{flag} --json`)
 
-Command: `genrec bench stream --json --update-benchmarks` (torch {result["machine"].get("torch", "?")}).
-Embedded broker (Tansu, memory), one worker (model in its inference child process), CPU inference,
-{result["machine"]["cpus"]} cores; model `{result["model_version"]}` (the synthetic preset trained for one
-epoch: L=50, d=32, K'=200 candidates ranked per request); {result["users"]} users with
+Command: `genrec bench stream{flag} --json --update-benchmarks` (torch {result["machine"].get("torch", "?")}).
+{where}, one worker (model in its inference child process), CPU inference,
+{result["machine"]["cpus"]} cores shared with other jobs; model `{result["model_version"]}` (the synthetic preset
+trained for one epoch: L=50, d=32, K'=200 candidates ranked per request); {result["users"]} users with
 {result["events_per_user"]:g} events each. Latency is end to end: request sent → result received, measured by
 the load generator for every request; each rate is held for {result.get("seconds", 10):g} s.
 
@@ -557,19 +620,22 @@ Best sustained rate with every result and p99 ≤ 250 ms: **{result["best_sustai
 | pass-through Faust agent | {c["passthrough"]["eps"]:g} |
 | Faust agent writing a RocksDB table per event (stateful ceiling) | {c["stateful"]["eps"]:g} |
 | genrec ingest agent (validate, dedup, append binary history) | {c["genrec_ingest"]["eps"]:g} |
-
-Ingest / stateful ceiling = **{result["ratio_ingest_to_stateful"]:.2f}** (target ≥ 0.90); ingest / pass-through =
-{result["ratio_ingest_to_passthrough"]:.2f}. {rounds_line}
-{SECTION_END}"""
+{peer_row}
+Ingest / pass-through = **{result["ratio_ingest_to_passthrough"]:.2f}** (target ≥ 0.5); ingest / stateful ceiling =
+{result["ratio_ingest_to_stateful"]:.2f} (target ≥ 0.90).{peer_line} {rounds_line}
+{end}"""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        _, tail = rest.split(SECTION_END, 1)
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
         text = head + body + tail
+    elif kafka and SECTION_END in text:  # first Kafka run: right after the Tansu section
+        head, tail = text.split(SECTION_END, 1)
+        text = head + SECTION_END + "\n\n" + body + tail
     else:
         text = text.rstrip("\n") + "\n\n" + body + "\n"
     path.write_text(text)
 
 
-if __name__ == "__main__" and len(sys.argv) == 8 and sys.argv[1] == "ceiling":
-    _ceiling_main(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], int(sys.argv[7]))
+if __name__ == "__main__" and len(sys.argv) == 9 and sys.argv[1] == "ceiling":
+    _ceiling_main(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], int(sys.argv[7]), sys.argv[8])

@@ -151,11 +151,14 @@ def bench_stream(
     users: int = typer.Option(200, "--users", help="Distinct users in the load."),
     ingest_rounds: int = typer.Option(2, "--ingest-rounds", min=1,
                                       help="Alternated stateful-ceiling / ingest measurements (best of each)."),
+    broker: str = typer.Option("tansu", "--broker",
+                               help="tansu (embedded) or kafka (Apache Kafka, one KRaft node; adds the Kafka "
+                                    "Streams peer)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object last on stdout."),
     update_benchmarks: bool = typer.Option(False, "--update-benchmarks", help="Write the BENCHMARKS.md section."),
 ) -> None:
-    """Sustained requests at increasing rates on a fresh embedded broker; throughput, latency percentiles,
-    and the pass-through / stateful Faust ceilings measured in the same run."""
+    """Sustained requests at increasing rates on a fresh broker; throughput, latency percentiles, and the
+    pass-through / stateful Faust ceilings (and on Kafka the Kafka Streams peer) measured in the same run."""
     from ops.bench_stream import run_bench_stream, write_benchmarks_section
 
     try:
@@ -163,7 +166,11 @@ def bench_stream(
     except ValueError as exc:
         typer.echo(f"genrec bench stream: bad --rates {rates!r}", err=True)
         raise typer.Exit(2) from exc
+    if broker not in ("tansu", "kafka"):
+        typer.echo(f"genrec bench stream: --broker must be tansu or kafka, not {broker!r}", err=True)
+        raise typer.Exit(2)
     result = run_bench_stream(
+        broker=broker,
         checkpoint=checkpoint,
         rates=rate_list,
         seconds=seconds,

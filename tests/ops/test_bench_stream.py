@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ops.bench_stream import SECTION_END, SECTION_START, best_sustained_rate, write_benchmarks_section
+from ops.bench_stream import (
+    KAFKA_SECTION_END,
+    KAFKA_SECTION_START,
+    SECTION_END,
+    SECTION_START,
+    best_sustained_rate,
+    write_benchmarks_section,
+)
 
 
 def _result(p99_300: float | None) -> dict:
@@ -34,11 +41,28 @@ def test_the_section_names_its_command_and_replaces_only_itself(tmp_path: Path) 
     assert "old numbers" not in text and text.count(SECTION_START) == 1
     assert "`genrec bench stream --json --update-benchmarks`" in text and "torch 2.13.0" in text
     assert "| 300 | 3000 | 3000 | 298 | 60 | 120 | — |" in text  # a missing percentile prints as a dash
-    assert "**0.95**" in text
+    assert "**0.21**" in text and "stateful ceiling =\n0.95" in text  # ingest / pass-through, then / stateful
     assert "2000 / 1700, 1800 / 1900 events/s per round" in text
     write_benchmarks_section(_result(None), path)
     again = path.read_text()
     assert again.count(SECTION_START) == 1 and "| 300 | 3000 | 10 |" in again
+
+
+def test_the_kafka_run_gets_its_own_section_after_the_tansu_one_with_the_peer(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(f"# Benchmarks\n\n{SECTION_START}\ntansu numbers\n{SECTION_END}\n\nafter\n")
+    result = _result(120.0)
+    result["broker_kind"] = "kafka"
+    result["ceilings"]["kafka_streams"] = {"eps": 6000.0}
+    result.update(ratio_kafka_streams_to_passthrough=0.667, ratio_ingest_to_kafka_streams=0.317)
+    write_benchmarks_section(result, path)
+    write_benchmarks_section(result, path)  # replaces itself
+    text = path.read_text()
+    assert "tansu numbers" in text and text.count(KAFKA_SECTION_START) == 1
+    assert text.index(SECTION_END) < text.index(KAFKA_SECTION_START) < text.index(KAFKA_SECTION_END) < text.index(
+        "after")
+    assert "`genrec bench stream --broker kafka --json --update-benchmarks`" in text
+    assert "| 6000 |" in text and "**0.32**" in text
 
 
 def test_a_new_file_gets_the_section_appended(tmp_path: Path) -> None:
