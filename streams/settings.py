@@ -90,9 +90,15 @@ def _scan(path: Path) -> Iterator[Path]:
 
 # Tansu: a v2 record batch header alone is 61 bytes, so a second record never fits next to the first one.
 TANSU_MAX_BATCH_BYTES = 64
-# Apache Kafka: the Java producer's own defaults since Kafka 4.0 (batch.size, linger.ms).
-KAFKA_MAX_BATCH_BYTES = 16_384
-KAFKA_LINGER_MS = 5
+# Apache Kafka: what Kafka Streams gives its changelog producer (linger.ms=100), with batches large enough to
+# use it: a changelog record is a user's whole history (kilobytes), and aiokafka, unlike the Java producer,
+# holds the next send while a partition's full batch is in flight (one request per broker at a time), so 16 KiB
+# batches of ~3 records each cost a produce request every few events. Measured on the 2-core box with one worker
+# (BENCHMARKS.md "Streaming worker on Apache Kafka"): worker CPU per event 721 µs with one-record batches,
+# ~490 µs with 16 KiB / 5 ms, ~370-430 µs with 512 KiB / 100 ms; the broker's fell from ~490 µs to ~40-140 µs.
+# Changelog latency only delays commits (a commit's flush waits out the linger): serving reads the local RocksDB.
+KAFKA_MAX_BATCH_BYTES = 512 * 1024
+KAFKA_LINGER_MS = 100
 
 
 @dataclass(frozen=True)
@@ -186,8 +192,9 @@ class StreamSettings(BaseSettings):
     broker_kind: BrokerKindSetting = "auto"
     # Unset (None): the broker's value (producer_profile). On Tansu 64 bytes, so that every changelog batch
     # holds one record (its end-offset bug, docs/architecture.md "Brokers"), no linger, no compression, no
-    # idempotence (today's behaviour there); on Kafka 16 KiB, 5 ms, idempotent (acks=all, no duplicates from
-    # retries). Compression stays off on both unless set: see BENCHMARKS.md "Streaming worker".
+    # idempotence (today's behaviour there); on Kafka 512 KiB, 100 ms, idempotent (acks=all, no duplicates from
+    # retries). Compression stays off on both unless set: on loopback gzip, lz4 and zstd each cost the worker
+    # 15-60 µs more CPU per event and saved nothing measurable (lz4/zstd/snappy need the `cramjam` package).
     producer_max_batch_size: int | None = Field(default=None, ge=1)
     producer_linger_ms: int | None = Field(default=None, ge=0)
     producer_compression: Compression | None = None

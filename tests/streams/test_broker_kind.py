@@ -46,7 +46,7 @@ def test_producer_profile_per_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (tansu.changelog_max_batch_size, tansu.changelog_linger_ms, tansu.compression_type, tansu.idempotence) \
         == (64, 0, None, False)
     kafka = StreamSettings(broker_kind="kafka").producer_profile
-    assert (kafka.changelog_max_batch_size, kafka.changelog_linger_ms, kafka.idempotence) == (16_384, 5, True)
+    assert (kafka.changelog_max_batch_size, kafka.changelog_linger_ms, kafka.idempotence) == (512 * 1024, 100, True)
     monkeypatch.setenv("GENREC_BROKER_KIND", "kafka")
     monkeypatch.setenv("GENREC_PRODUCER_COMPRESSION", "gzip")
     monkeypatch.setenv("GENREC_PRODUCER_MAX_BATCH_SIZE", "64")
@@ -58,7 +58,7 @@ def test_producer_profile_per_kind(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_faust_and_results_producers_follow_the_profile(tmp_path: Path) -> None:
     from streams.app import GenrecWorker
 
-    for kind, batch, idempotent in (("tansu", 64, False), ("kafka", 16_384, True)):
+    for kind, batch, idempotent in (("tansu", 64, False), ("kafka", 512 * 1024, True)):
         s = StreamSettings(broker_kind=kind, state_dir=tmp_path / kind, web_enabled=False)
         worker = GenrecWorker(s)
         app = worker.app
