@@ -44,6 +44,10 @@ TARGET_P99_MS = 250.0
 TARGET_INGEST_RATIO = 0.90
 # Issue 21 item 3: genrec's ingest at least half the pass-through Faust agent's rate, on either broker.
 TARGET_INGEST_TO_PASSTHROUGH = 0.5
+# The producer settings `GENREC_BROKER_KIND=tansu` picks (streams/settings.py), spelled out so that a worker
+# on Kafka can run with them for comparison.
+TANSU_PRODUCER_ENV = {"GENREC_PRODUCER_MAX_BATCH_SIZE": "64", "GENREC_PRODUCER_LINGER_MS": "0",
+                      "GENREC_PRODUCER_IDEMPOTENCE": "false", "GENREC_PRODUCER_COMPRESSION": "none"}
 BROKER_NAMES = {"tansu": "tansu (embedded, memory)", "kafka": "Apache Kafka (single KRaft node, ops/kafka_broker.py)"}
 SECTION_START = "<!-- bench:stream -->"
 SECTION_END = "<!-- /bench:stream -->"
@@ -426,6 +430,8 @@ def run_bench_stream(
     def say(msg: str) -> None:
         print(f"[bench stream] {msg}", file=log or sys.stderr, flush=True)
 
+    # Other jobs on a shared box slow every figure down: the run records how busy the machine was.
+    load_start = round(os.getloadavg()[0], 2)
     work = Path(tempfile.mkdtemp(prefix="genrec-bench-stream-"))
     worker: subprocess.Popen[bytes] | None = None
     try:
@@ -465,6 +471,17 @@ def run_bench_stream(
                 say(f"Kafka Streams peer: {ceiling_events} events")
                 ceilings["kafka_streams"] = measure_peer(bs, ceiling_topics["kafka_streams"], ceiling_events)
                 say(f"  {ceilings['kafka_streams']}")
+                # Issue 21 item 3's gain, in the same run: genrec's ingest with the producers it used on Kafka
+                # before it told the brokers apart (Tansu's one-record changelog batches, not idempotent).
+                say(f"genrec ingest with Tansu's producer settings: {ceiling_events} events")
+                port = free_port()
+                worker = start_worker(bs, checkpoint, work / "state-tansu-settings", port,
+                                      app_id="genrec-bench-tansu-settings", log_path=work / "worker.log",
+                                      env={**env, **TANSU_PRODUCER_ENV})
+                ceilings["genrec_ingest_tansu_settings"] = measure_worker_ingest(port, ceiling_events, worker)
+                stop_process(worker)
+                worker = None
+                say(f"  {ceilings['genrec_ingest_tansu_settings']}")
             # -- stateful ceiling and the worker's ingest, alternated: on a shared box one measurement of each
             # swings by ±15 %; the best of each (noise only ever slows a run down) is compared, every round kept.
             rounds: list[dict[str, Any]] = []
@@ -521,6 +538,11 @@ def run_bench_stream(
 
     best = best_sustained_rate(steps)
     pt, st, gi = ceilings["passthrough"]["eps"], ceilings["stateful"]["eps"], ceilings["genrec_ingest"]["eps"]
+    if "genrec_ingest_tansu_settings" in ceilings:
+        ratios_tansu = {"ratio_ingest_tansu_settings_to_passthrough":
+                        round(ceilings["genrec_ingest_tansu_settings"]["eps"] / pt, 3)}
+    else:
+        ratios_tansu = {}
     peer = {"ratio_kafka_streams_to_passthrough": round(ceilings["kafka_streams"]["eps"] / pt, 3),
             "ratio_ingest_to_kafka_streams": round(gi / ceilings["kafka_streams"]["eps"], 3)} \
         if "kafka_streams" in ceilings else {}
@@ -528,7 +550,8 @@ def run_bench_stream(
         "bench": "stream",
         "broker": BROKER_NAMES[broker],
         "broker_kind": broker,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": _torch_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": _torch_version(),
+                    "load_avg_1m": [load_start, round(os.getloadavg()[0], 2)]},
         "seconds": seconds,
         "model_version": model_version,
         "users": users,
@@ -543,6 +566,7 @@ def run_bench_stream(
         "ratio_ingest_to_passthrough": round(gi / pt, 3),
         "ratio_stateful_to_passthrough": round(st / pt, 3),
         **peer,
+        **ratios_tansu,
         "targets": {
             "requests_300_rps_p99_250ms": best >= TARGET_RPS,
             "ingest_ge_90pct_of_stateful": gi / st >= TARGET_INGEST_RATIO,
@@ -594,6 +618,12 @@ def write_benchmarks_section(result: dict[str, Any], path: Path) -> None:
              "idempotent changelogs)" if kafka else "Embedded broker (Tansu, memory)")
     peer_row = (f"| Kafka Streams peer (ops/kafka/streams-peer: item id appended to the user's list in RocksDB, "
                 f"1 stream thread) | {c['kafka_streams']['eps']:g} |\n" if "kafka_streams" in c else "")
+    tansu_row = (f"| genrec ingest agent with Tansu's producer settings (one-record changelog batches; before this "
+                 f"change) | {c['genrec_ingest_tansu_settings']['eps']:g} |\n"
+                 if "genrec_ingest_tansu_settings" in c else "")
+    load = result["machine"].get("load_avg_1m")
+    load_line = f" The machine's 1-minute load average was {load[0]:g} at the start and {load[1]:g} at the end." \
+        if load else ""
     peer_line = (f" Kafka Streams peer / pass-through = {result['ratio_kafka_streams_to_passthrough']:.2f}; genrec "
                  f"ingest / Kafka Streams peer = **{result['ratio_ingest_to_kafka_streams']:.2f}**."
                  if "kafka_streams" in c else "")
@@ -620,9 +650,9 @@ Best sustained rate with every result and p99 ≤ 250 ms: **{result["best_sustai
 | pass-through Faust agent | {c["passthrough"]["eps"]:g} |
 | Faust agent writing a RocksDB table per event (stateful ceiling) | {c["stateful"]["eps"]:g} |
 | genrec ingest agent (validate, dedup, append binary history) | {c["genrec_ingest"]["eps"]:g} |
-{peer_row}
+{tansu_row}{peer_row}
 Ingest / pass-through = **{result["ratio_ingest_to_passthrough"]:.2f}** (target ≥ 0.5); ingest / stateful ceiling =
-{result["ratio_ingest_to_stateful"]:.2f} (target ≥ 0.90).{peer_line} {rounds_line}
+{result["ratio_ingest_to_stateful"]:.2f} (target ≥ 0.90).{peer_line} {rounds_line}{load_line}
 {end}"""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in text and end in text:

@@ -54,6 +54,8 @@ def test_the_kafka_run_gets_its_own_section_after_the_tansu_one_with_the_peer(tm
     result = _result(120.0)
     result["broker_kind"] = "kafka"
     result["ceilings"]["kafka_streams"] = {"eps": 6000.0}
+    result["ceilings"]["genrec_ingest_tansu_settings"] = {"eps": 800.0}
+    result["machine"]["load_avg_1m"] = [3.5, 4.25]
     result.update(ratio_kafka_streams_to_passthrough=0.667, ratio_ingest_to_kafka_streams=0.317)
     write_benchmarks_section(result, path)
     write_benchmarks_section(result, path)  # replaces itself
@@ -63,6 +65,7 @@ def test_the_kafka_run_gets_its_own_section_after_the_tansu_one_with_the_peer(tm
         "after")
     assert "`genrec bench stream --broker kafka --json --update-benchmarks`" in text
     assert "| 6000 |" in text and "**0.32**" in text
+    assert "Tansu's producer settings" in text and "| 800 |" in text and "load average was 3.5" in text
 
 
 def test_a_new_file_gets_the_section_appended(tmp_path: Path) -> None:
