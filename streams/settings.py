@@ -95,7 +95,7 @@ TANSU_MAX_BATCH_BYTES = 64
 # holds the next send while a partition's full batch is in flight (one request per broker at a time), so 16 KiB
 # batches of ~3 records each cost a produce request every few events. Measured on the 2-core box with one worker
 # (BENCHMARKS.md "Streaming worker on Apache Kafka"): worker CPU per event 721 µs with one-record batches,
-# ~490 µs with 16 KiB / 5 ms, ~370-430 µs with 512 KiB / 100 ms; the broker's fell from ~490 µs to ~40-140 µs.
+# ~490 µs with 16 KiB / 5 ms, ~370-430 µs with 512 KiB / 100 ms; the broker's fell from ~490 µs to ~40-170 µs.
 # Changelog latency only delays commits (a commit's flush waits out the linger): serving reads the local RocksDB.
 KAFKA_MAX_BATCH_BYTES = 512 * 1024
 KAFKA_LINGER_MS = 100
