@@ -42,7 +42,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ops.broker import BROKER_KINDS, new_broker
+from ops.broker import check_broker_kind, new_broker
 from ops.chaos import (
     FAST_GROUP_ENV,
     PacedProducer,
@@ -268,8 +268,7 @@ def run_bench_chaos(
     keep: bool = False,
     broker_kind: str = "tansu",
 ) -> dict[str, Any]:
-    if broker_kind not in BROKER_KINDS:
-        raise ValueError(f"--broker must be one of {', '.join(BROKER_KINDS)}")
+    check_broker_kind(broker_kind)
     if not 1 <= runs <= MAX_RUNS:
         raise ValueError(f"--runs must be 1..{MAX_RUNS}")
     base_seed = seed if seed is not None else int(time.time()) % 100_000
@@ -344,8 +343,7 @@ def register(app: Any, bench_app: Any) -> None:
         same state folder, and count lost and duplicated requests and events; the recovery time per kill."""
         try:
             env = parse_env(worker_env)
-            if broker not in BROKER_KINDS:
-                raise ValueError(f"--broker must be one of {', '.join(BROKER_KINDS)}, got {broker!r}")
+            check_broker_kind(broker)
         except ValueError as exc:
             typer.echo(f"genrec bench chaos: {exc}", err=True)
             raise typer.Exit(2) from exc

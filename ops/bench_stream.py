@@ -421,11 +421,10 @@ def run_bench_stream(
     broker: str = "tansu",
     log: Any = None,
 ) -> dict[str, Any]:
-    from ops.broker import BrokerProcess, EmbeddedBroker, free_port
+    from ops.broker import BrokerProcess, check_broker_kind, free_port, new_broker
     from ops.topics import TopicSpec, create_topics, default_specs
 
-    if broker not in BROKER_NAMES:
-        raise ValueError(f"broker must be one of {sorted(BROKER_NAMES)}, not {broker!r}")
+    check_broker_kind(broker)
 
     def say(msg: str) -> None:
         print(f"[bench stream] {msg}", file=log or sys.stderr, flush=True)
@@ -443,13 +442,10 @@ def run_bench_stream(
         item_ids = items if isinstance(items, list) else list(items.get("item_ids", items))
         item_ids = [str(x) for x in item_ids][:5000]
         if broker == "kafka":
-            from ops.kafka_broker import KafkaBroker
             from ops.streams_peer import measure_peer, peer_classpath
 
             peer_classpath()  # built (once) before anything is timed
-            fresh: BrokerProcess = KafkaBroker()
-        else:
-            fresh = EmbeddedBroker()
+        fresh: BrokerProcess = new_broker(broker)
         peer_modes = ("kafka_streams",) if broker == "kafka" else ()
         # Every run says which broker the worker detected (its /ready), not only which one was started.
         env = {"GENREC_BROKER_KIND": "auto"}

@@ -420,10 +420,15 @@ BROKER_KINDS = ("tansu", "kafka")
 def new_broker(kind: str, log_path: str | os.PathLike[str] | None = None) -> Any:
     """A fresh, not yet started broker of `kind`: the embedded Tansu, or a single-node Apache Kafka
     (ops/kafka_broker.py), for the benches that take `--broker`."""
-    if kind == "kafka":
+    if check_broker_kind(kind) == "kafka":
         from ops.kafka_broker import KafkaBroker
 
         return KafkaBroker(log_path=log_path)
-    if kind == "tansu":
-        return EmbeddedBroker(log_path=log_path)
-    raise ValueError(f"unknown broker kind {kind!r}: one of {', '.join(BROKER_KINDS)}")
+    return EmbeddedBroker(log_path=log_path)
+
+
+def check_broker_kind(kind: str) -> str:
+    """`kind` when it names a broker of BROKER_KINDS, else a ValueError for the benches' `--broker`."""
+    if kind not in BROKER_KINDS:
+        raise ValueError(f"--broker must be one of {', '.join(BROKER_KINDS)}, got {kind!r}")
+    return kind

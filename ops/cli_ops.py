@@ -109,12 +109,11 @@ def bench_scale(
         typer.echo("genrec bench scale: --replicas needs counts ≥ 1", err=True)
         raise typer.Exit(2)
     from ops.bench_chaos import parse_env
-    from ops.broker import BROKER_KINDS
+    from ops.broker import check_broker_kind
 
     try:
         env = parse_env(worker_env)
-        if broker not in BROKER_KINDS:
-            raise ValueError(f"--broker must be one of {', '.join(BROKER_KINDS)}, got {broker!r}")
+        check_broker_kind(broker)
     except ValueError as exc:
         typer.echo(f"genrec bench scale: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -182,30 +182,37 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _fetch(libs: Path) -> None:
+def run_maven(args: list[str], *, what: str, timeout_s: float) -> None:
+    """`mvn -q -B ARGS` with Java found as for the broker; KafkaUnavailableError naming `what` on a timeout or a
+    failed build (the output's tail in the message). Shared by the jar fetch and the Kafka Streams peer's build."""
     mvn = find_maven()
     # Maven itself runs on Java: check it first so the error names Java, not a Maven stack trace.
     java = find_java()
-    staging = Path(tempfile.mkdtemp(prefix=f".{libs.name}-", dir=libs.parent))
-    command = [
-        str(mvn), "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-        f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
-    ]
+    command = [str(mvn), "-q", "-B", *args]
     env = {**os.environ}
     env.setdefault("JAVA_HOME", str(java.resolve().parents[1]))
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise KafkaUnavailableError(f"{what} took over {timeout_s:.0f}s: {' '.join(command)}") from exc
+    if proc.returncode != 0:
+        raise KafkaUnavailableError(
+            f"{what} failed (status {proc.returncode}): {' '.join(command)}\n{(proc.stdout + proc.stderr)[-3000:]}"
+        )
+
+
+def _fetch(libs: Path) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{libs.name}-", dir=libs.parent))
     started = time.monotonic()
     print(f"genrec: fetching Apache Kafka {kafka_version()} jars with Maven into {libs} ...", file=sys.stderr)
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired as exc:
+        run_maven(["-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
+                   "-DincludeScope=runtime"], what="fetching the Kafka jars", timeout_s=FETCH_TIMEOUT_S)
+        if not any(staging.glob("kafka_2.13-*.jar")):
+            raise KafkaUnavailableError(f"fetching the Kafka jars left no kafka_2.13 jar in {staging}")
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        raise KafkaUnavailableError(f"fetching the Kafka jars took over {FETCH_TIMEOUT_S:.0f}s: {command}") from exc
-    if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
-        shutil.rmtree(staging, ignore_errors=True)
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        raise KafkaUnavailableError(
-            f"fetching the Kafka jars failed (status {proc.returncode}): {' '.join(command)}\n{tail}"
-        )
+        raise
     # Swap the complete folder in: a reader never sees a half-copied classpath.
     if libs.exists():
         shutil.rmtree(libs)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ops.kafka_broker import KAFKA_DIR, POM, KafkaUnavailableError, cache_root, find_java, find_maven, kafka_version
+from ops.kafka_broker import KAFKA_DIR, POM, KafkaUnavailableError, cache_root, find_java, kafka_version, run_maven
 
 PEER_DIR = KAFKA_DIR / "streams-peer"
 PEER_POM = PEER_DIR / "pom.xml"
@@ -63,28 +63,19 @@ def _read(path: Path) -> str | None:
 
 
 def _build(out: Path) -> None:
-    mvn, java = find_maven(), find_java()
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    command = [
-        str(mvn), "-q", "-B", "-f", str(PEER_POM), "package", "dependency:copy-dependencies",
-        f"-Dpeer.build.directory={staging / 'build'}", f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
-    ]
-    env = {**os.environ}
-    env.setdefault("JAVA_HOME", str(java.resolve().parents[1]))
     started = time.monotonic()
     print(f"genrec: building the Kafka Streams peer with Maven into {out} ...", file=sys.stderr)
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired as exc:
+        run_maven(["-f", str(PEER_POM), "package", "dependency:copy-dependencies",
+                   f"-Dpeer.build.directory={staging / 'build'}", f"-DoutputDirectory={staging}",
+                   "-DincludeScope=runtime"], what="building the Kafka Streams peer", timeout_s=BUILD_TIMEOUT_S)
+        jars = list((staging / "build").glob("genrec-streams-peer-*.jar"))
+        if not jars:
+            raise KafkaUnavailableError(f"building the Kafka Streams peer left no jar in {staging / 'build'}")
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        raise KafkaUnavailableError(f"building the Kafka Streams peer took over {BUILD_TIMEOUT_S:.0f}s") from exc
-    jars = list((staging / "build").glob("genrec-streams-peer-*.jar"))
-    if proc.returncode != 0 or not jars:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise KafkaUnavailableError(
-            f"building the Kafka Streams peer failed (status {proc.returncode}): {' '.join(command)}\n"
-            f"{(proc.stdout + proc.stderr)[-3000:]}"
-        )
+        raise
     for jar in jars:
         jar.rename(staging / jar.name)
     shutil.rmtree(staging / "build")

@@ -241,3 +241,18 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
     )
     return out
+
+
+async def end_offset(bootstrap: str, topic: str) -> int:
+    """The end offset of `topic`'s partition 0, as a plaintext consumer reads it (the brokers' end-offset tests)."""
+    from aiokafka import TopicPartition
+
+    from ops.kafka_clients import KafkaSecurity, make_consumer
+
+    consumer = make_consumer(bootstrap, security=KafkaSecurity())
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        return (await consumer.end_offsets([tp]))[tp]
+    finally:
+        await consumer.stop()

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
 
 from ops.broker import BrokerStartError
 from ops.kafka_broker import (
@@ -35,7 +34,7 @@ from ops.kafka_broker import (
 )
 from ops.kafka_clients import KafkaSecurity, fetch_cluster_info, make_consumer, make_producer
 from ops.topics import TopicSpec, create_topics
-from tests.conftest import both_brokers, new_kafka_broker, process_alive, require_kafka
+from tests.conftest import both_brokers, end_offset, new_kafka_broker, process_alive, require_kafka
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
@@ -69,16 +68,6 @@ async def _read_all(bootstrap: str, topic: str, n: int, timeout_s: float = 20.0)
     return got
 
 
-async def _end_offset(bootstrap: str, topic: str) -> int:
-    consumer = make_consumer(bootstrap, security=PLAIN)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        return (await consumer.end_offsets([tp]))[tp]
-    finally:
-        await consumer.stop()
-
-
 # ---------------------------------------------------------------------------------------- the shared broker
 
 
@@ -95,7 +84,7 @@ async def test_round_trip_with_batches_and_a_true_end_offset(kafka_bootstrap: st
     await create_topics(kafka_bootstrap, [TopicSpec(topic, 1)], security=PLAIN)
     await _produce_batched(kafka_bootstrap, topic, 20)
     assert await _read_all(kafka_bootstrap, topic, 20) == [f"v{i}".encode() for i in range(20)]
-    assert await _end_offset(kafka_bootstrap, topic) == 20
+    assert await end_offset(kafka_bootstrap, topic) == 20
 
 
 @both_brokers

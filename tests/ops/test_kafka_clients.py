@@ -22,6 +22,7 @@ from ops.kafka_clients import (
     wait_for_kafka,
 )
 from ops.topics import TopicSpec, create_topics
+from tests.conftest import end_offset
 
 PLAIN = KafkaSecurity()
 
@@ -43,23 +44,13 @@ async def _produce_burst(bootstrap: str, topic: str, n: int, one_record_batches:
     return [m.offset for m in metadata]
 
 
-async def _end_offset(bootstrap: str, topic: str) -> int:
-    consumer = make_consumer(bootstrap, security=PLAIN)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        return (await consumer.end_offsets([tp]))[tp]
-    finally:
-        await consumer.stop()
-
-
 @pytest.mark.integration
 async def test_one_record_batches_keep_the_end_offset_right(bootstrap: str) -> None:
     n = 300
     topic = _topic("one-record")
     offsets = await _produce_burst(bootstrap, topic, n, one_record_batches=True)
     assert offsets == list(range(n))
-    assert await _end_offset(bootstrap, topic) == n
+    assert await end_offset(bootstrap, topic) == n
 
     consumer = make_consumer(bootstrap, security=PLAIN)
     await consumer.start()
@@ -88,7 +79,7 @@ async def test_multi_record_batches_still_break_tansu_end_offsets(bootstrap: str
     topic = _topic("batched")
     offsets = await _produce_burst(bootstrap, topic, n, one_record_batches=False)
     assert offsets[-1] == n - 1
-    assert await _end_offset(bootstrap, topic) < n
+    assert await end_offset(bootstrap, topic) < n
 
 
 @pytest.mark.integration
