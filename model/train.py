@@ -105,6 +105,16 @@ class Trainer:
         return (e.enabled and e.weight > 0 and self.uses_retrieval and self.uses_candidates
                 and self.state.step >= e.warmup_steps)
 
+    def has_signal(self, tb: TrainBatch) -> bool:
+        """Whether `losses(tb)` holds any term: a next item to retrieve, or a ranking label (feedback, an
+        impression, a feedback-ranking task). A length bucket of one-event windows on data ranked over candidates
+        only (a time cut of Amazon Beauty) has none."""
+        has_target = self.uses_retrieval or self.uses_candidates
+        if has_target and bool((tb.ret_target > 0).any()):
+            return True
+        return self.uses_ranking and (bool((tb.rank_label >= 0).any()) or self.model.cfg.rank_task == "feedback"
+                                      or tb.impressions is not None)
+
     def losses(self, tb: TrainBatch) -> StepLosses:
         model, cfg = self.model, self.cfg
         batch = model.to_tensors(tb.tokens)
@@ -416,6 +426,8 @@ def fit(ds: SequenceDataset, mcfg: ModelConfig, tcfg: TrainConfig, item_text: np
         for ub in bar:
             tb = make_train_batch(ds, ub, lengths, mcfg.max_events, mcfg.interleave_actions,
                                   rng if tcfg.random_crop else None, search if mcfg.query_dim else None)
+            if not trainer.has_signal(tb):
+                continue
             tokens += int((tb.tokens.kind != Kind.PAD).sum())
             out = trainer.step(tb)
             if not np.isfinite(out["loss"]):
