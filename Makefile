@@ -28,7 +28,7 @@ demo: setup
 # Apache Kafka's jars for the tests that run on it (ops/kafka_broker.py; Maven, once, into .cache/kafka/).
 # Without Java or Maven it says so and the suite goes on: those tests skip with the same reason.
 kafka-jars: setup
-	@$(BIN)/python -m ops.kafka_broker fetch || echo "make: no Apache Kafka here (above); the tests that need it will skip"
+	@$(BIN)/python -m genrec.ops.kafka_broker fetch || echo "make: no Apache Kafka here (above); the tests that need it will skip"
 
 test: setup kafka-jars
 	$(BIN)/ruff check .

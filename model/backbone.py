@@ -19,9 +19,8 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from genrec.model.config import ModelConfig
 from torch import Tensor, nn
-
-from model.config import ModelConfig
 
 
 def rope_frequencies(cfg: ModelConfig) -> tuple[Tensor, Tensor]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-from model.data import SequenceDataset, eval_users, split_lengths
-from model.metrics import ranking_metrics
+from genrec.model.data import SequenceDataset, eval_users, split_lengths
+from genrec.model.metrics import ranking_metrics
 
 
 def _counts(ds: SequenceDataset, users: np.ndarray, lengths: np.ndarray, recent_share: float | None) -> np.ndarray:

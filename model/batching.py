@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from model.data import SequenceDataset
-from model.search import SearchData
-from model.tokens import TokenBatch, feedback_label, tokenize
+from genrec.model.data import SequenceDataset
+from genrec.model.search import SearchData
+from genrec.model.tokens import TokenBatch, feedback_label, tokenize
 
 
 @dataclass

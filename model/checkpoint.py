@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.config import ModelConfig
-from model.text import ITEM_TEXT_CACHE_GLOB
+from genrec.model.config import ModelConfig
+from genrec.model.text import ITEM_TEXT_CACHE_GLOB
 
 if TYPE_CHECKING:
     import torch
-
-    from model.generative import GenerativeRecommender
+    from genrec.model.generative import GenerativeRecommender
 
 # torch and safetensors are imported where weights are read or written, not here: the worker process reads
 # manifests and paths from this module (streams/app.py), while its model lives in the inference child, and a
@@ -235,9 +234,8 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu", expect
                     ) -> Checkpoint:
     """Load and verify (`verify_checkpoint`): the hashes, then the contents (shapes, vocabulary, finite weights)."""
     import torch
+    from genrec.model.generative import GenerativeRecommender
     from safetensors.torch import load_file
-
-    from model.generative import GenerativeRecommender
 
     path = Path(path)
     verify_checkpoint(path, expected_sha256)

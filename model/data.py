@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from model.tokens import Action
+from genrec.model.tokens import Action
 
 if TYPE_CHECKING:
-    from model.queries import ItemMeta
+    from genrec.model.queries import ItemMeta
 
 DATASETS = ("ml-100k", "ml-1m", "amazon", "amazon-beauty", "amazon-sports", "synthetic", "interactions")
 
@@ -190,7 +189,7 @@ def load_dataset(name: str, data_dir: Path | str | None = None) -> SequenceDatas
         raise ValueError(f"dataset {name!r} needs --data-dir")
     data_dir = Path(data_dir)
     if name == "interactions":
-        from model.interactions import load_interactions
+        from genrec.model.interactions import load_interactions
 
         return load_interactions(data_dir)
     if name == "ml-100k":
@@ -227,7 +226,7 @@ def eval_users(ds: SequenceDataset) -> np.ndarray:
 
 def load_item_meta(ds: SequenceDataset, data_dir: Path | str | None) -> dict[str, ItemMeta]:
     """Item metadata (titles, genres, attribute ids) keyed by the data set's own item ids; {} if none on disk."""
-    from model.queries import ItemMeta, amazon_item_meta, movielens_1m_item_meta, movielens_item_meta
+    from genrec.model.queries import ItemMeta, amazon_item_meta, movielens_1m_item_meta, movielens_item_meta
 
     if ds.synthetic_meta:
         return {k: ItemMeta(title=t, genres=g) for k, (t, g) in ds.synthetic_meta.items()}
@@ -235,7 +234,7 @@ def load_item_meta(ds: SequenceDataset, data_dir: Path | str | None) -> dict[str
         return {}
     data_dir = Path(data_dir)
     if ds.name == "interactions":
-        from model.interactions import read_items_csv
+        from genrec.model.interactions import read_items_csv
 
         items_csv = data_dir / "items.csv"
         return read_items_csv(items_csv) if items_csv.is_file() else {}

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from model.backbone import HistoryCache
-from model.batching import make_eval_batch
-from model.data import SequenceDataset, eval_users, split_lengths
-from model.generative import GenerativeRecommender
-from model.metrics import auc, gauc, ranking_metrics, target_ranks
-from model.search import SearchData
-from model.serving import DEFAULT_K_PRIME, ServingOrder, served_order
-from model.tokens import feedback_label
+from genrec.model.backbone import HistoryCache
+from genrec.model.batching import make_eval_batch
+from genrec.model.data import SequenceDataset, eval_users, split_lengths
+from genrec.model.generative import GenerativeRecommender
+from genrec.model.metrics import auc, gauc, ranking_metrics, target_ranks
+from genrec.model.search import SearchData
+from genrec.model.serving import DEFAULT_K_PRIME, ServingOrder, served_order
+from genrec.model.tokens import feedback_label
 
 SERVED_KS = (10, 50)
 

@@ -24,11 +24,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from genrec.model.backbone import HistoryCache, build_backbone
+from genrec.model.config import ModelConfig
+from genrec.model.tokens import NUM_ACTIONS, Kind, TokenBatch
 from torch import Tensor, nn
-
-from model.backbone import HistoryCache, build_backbone
-from model.config import ModelConfig
-from model.tokens import NUM_ACTIONS, Kind, TokenBatch
 
 
 class GenerativeRecommender(nn.Module):

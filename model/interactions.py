@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from model.tokens import Action, action_from_event
-from schemas.messages import MAX_ID_LEN
+from genrec.model.tokens import Action, action_from_event
+from genrec.schemas.messages import MAX_ID_LEN
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +244,7 @@ def _read_parquet(path: Path, limits: InteractionsLimits) -> _Rows:
 
 def load_interactions(data_dir: Path | str, limits: InteractionsLimits | None = None) -> Any:
     """DIR/interactions.{csv,parquet} → SequenceDataset named "interactions" (see the module docstring)."""
-    from model.data import _build
+    from genrec.model.data import _build
 
     limits = limits or InteractionsLimits()
     path = interactions_path(data_dir)
@@ -283,7 +282,7 @@ def load_interactions(data_dir: Path | str, limits: InteractionsLimits | None = 
 
 def read_items_csv(path: Path | str, limits: InteractionsLimits | None = None) -> dict[str, Any]:
     """items.csv (item_id[,title,text,categories]) → {item id: ItemMeta}; categories split on '|'."""
-    from model.queries import ItemMeta
+    from genrec.model.queries import ItemMeta
 
     path = Path(path)
     limits = limits or InteractionsLimits()

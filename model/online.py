@@ -27,15 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from genrec.model.batching import TrainBatch
+from genrec.model.checkpoint import Checkpoint
+from genrec.model.config import TrainConfig
+from genrec.model.generative import GenerativeRecommender
+from genrec.model.tokens import History, feedback_label, tokenize
+from genrec.model.train import Trainer
+from genrec.model.vocab import ITEM_TABLES, grow_items, grow_optimizer_state, new_item_rows
 from pydantic import BaseModel, ConfigDict, Field
-
-from model.batching import TrainBatch
-from model.checkpoint import Checkpoint
-from model.config import TrainConfig
-from model.generative import GenerativeRecommender
-from model.tokens import History, feedback_label, tokenize
-from model.train import Trainer
-from model.vocab import ITEM_TABLES, grow_items, grow_optimizer_state, new_item_rows
 
 # Hard caps whatever the configuration says: online steps see few examples, a large LR would let one
 # burst of unusual traffic rewrite the model.
@@ -314,7 +313,7 @@ class OnlineLearner:
                  ) -> dict[str, float]:
         """NDCG@k / HR@k of each example's target in the list the worker would serve (retrieve, exclude
         the history, sort by the serving key of model/serving.py), from the history before the target."""
-        from model.serving import Recommender
+        from genrec.model.serving import Recommender
 
         if not examples:
             return {"ndcg@10": 0.0, "hr@10": 0.0, "n": 0.0}

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from model.config import RunConfig
+from genrec.model.config import RunConfig
 
 PRESETS: dict[str, RunConfig] = {
     # 943 users: small batches give enough optimizer steps per epoch. The exact softmax over the 1,682 items:

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from model.data import SequenceDataset, split_lengths
-from model.queries import MOVIELENS_GENRES, ItemMeta, item_text, make_query
-from model.text import TextEncoder
+from genrec.model.data import SequenceDataset, split_lengths
+from genrec.model.queries import MOVIELENS_GENRES, ItemMeta, item_text, make_query
+from genrec.model.text import TextEncoder
 
 
 @dataclass
@@ -47,7 +46,7 @@ def _rows(texts: list[str | None]) -> tuple[list[str], np.ndarray]:
 
 def build_search_data(ds: SequenceDataset, meta: dict[str, ItemMeta], encoder: TextEncoder, share: float = 0.2,
                       noise: float = 0.2, seed: int = 0, cache_dir: Path | None = None) -> SearchData:
-    from model.text import embed_item_texts
+    from genrec.model.text import embed_item_texts
 
     if not meta:
         raise ValueError(f"{ds.name}: no item metadata to build queries from")
@@ -117,8 +116,8 @@ def search_data_for(ds: SequenceDataset, data_dir: Path | str | None, encoder_na
     With `cache_dir` (the checkpoint's directory), item text embeddings are computed once and reused from
     there by later runs (`genrec eval`, a retrain into the same directory).
     """
-    from model.data import load_item_meta
-    from model.text import make_text_encoder
+    from genrec.model.data import load_item_meta
+    from genrec.model.text import make_text_encoder
 
     meta = load_item_meta(ds, data_dir)
     encoder = make_text_encoder(encoder_name)  # type: ignore[arg-type]
@@ -129,8 +128,8 @@ def item_text_vectors(ds: SequenceDataset, data_dir: Path | str | None, encoder_
                       cache_dir: Path | None = None) -> np.ndarray:
     """Frozen text embeddings of every item's metadata (title, genres, categories) [N+1, dim], row 0 zero: the
     semantic item features SynerGen puts beside the ID embeddings, for recommendation without search."""
-    from model.data import load_item_meta
-    from model.text import embed_item_texts, make_text_encoder
+    from genrec.model.data import load_item_meta
+    from genrec.model.text import embed_item_texts, make_text_encoder
 
     meta = load_item_meta(ds, data_dir)
     if not meta:

@@ -30,14 +30,13 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from model.checkpoint import Checkpoint, load_checkpoint
-from model.data import SequenceDataset, load_item_meta
-from model.device import autocast_dtype, inference_autocast, resolve_device
-from model.generative import GenerativeRecommender
-from model.recommendation import Recommendation
-from model.text import clean_query
-from model.tokens import History, tokenize
+from genrec.model.checkpoint import Checkpoint, load_checkpoint
+from genrec.model.data import SequenceDataset, load_item_meta
+from genrec.model.device import autocast_dtype, inference_autocast, resolve_device
+from genrec.model.generative import GenerativeRecommender
+from genrec.model.recommendation import Recommendation
+from genrec.model.text import clean_query
+from genrec.model.tokens import History, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +158,7 @@ class Recommender:
         return History(idx[keep], np.asarray(actions, np.int8)[keep], np.asarray(ts_ms, np.int64)[keep])
 
     def _encode_queries(self, queries: Sequence[str]) -> np.ndarray:
-        from model.text import make_text_encoder
+        from genrec.model.text import make_text_encoder
 
         if self.text_encoder is None:
             name = self.meta.get("text_encoder", "minilm")
@@ -249,7 +248,7 @@ class Recommender:
 
 def item_titles(ds: SequenceDataset, data_dir: Path | str | None) -> dict[str, str]:
     """Display titles by raw item id (MovieLens titles, synthetic names, Amazon attribute tokens)."""
-    from model.queries import display_title, item_text
+    from genrec.model.queries import display_title, item_text
 
     out = {}
     for raw, meta in load_item_meta(ds, data_dir).items():

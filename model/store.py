@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.checkpoint import CheckpointError, read_meta, save_checkpoint, version_sha256
+from genrec.model.checkpoint import CheckpointError, read_meta, save_checkpoint, version_sha256
 
 if TYPE_CHECKING:
     import torch
-
-    from model.generative import GenerativeRecommender
+    from genrec.model.generative import GenerativeRecommender
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_STATE_BYTES = 1 << 20

@@ -13,29 +13,28 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
-from tqdm.auto import tqdm
-
-from model.backbone import HistoryCache
-from model.batching import TrainBatch, make_train_batch
-from model.candidates import (
+from genrec.model.backbone import HistoryCache
+from genrec.model.batching import TrainBatch, make_train_batch
+from genrec.model.candidates import (
     build_candidates,
     candidate_ranking_loss,
     distillation_loss,
     exclude_prefix,
     sample_positions,
 )
-from model.config import ModelConfig, TrainConfig
-from model.data import SequenceDataset, eval_users, split_lengths
-from model.device import resolve_device
-from model.evaluate import evaluate
-from model.generative import GenerativeRecommender
-from model.losses import full_softmax_nce, info_nce, log_sampling_prob, ranking_loss, sample_negatives
-from model.search import SearchData
-from model.serving import ServingOrder
-from model.tokens import Kind
-from model.weighting import AdaptiveWeighter, task_grad_norms
+from genrec.model.config import ModelConfig, TrainConfig
+from genrec.model.data import SequenceDataset, eval_users, split_lengths
+from genrec.model.device import resolve_device
+from genrec.model.evaluate import evaluate
+from genrec.model.generative import GenerativeRecommender
+from genrec.model.losses import full_softmax_nce, info_nce, log_sampling_prob, ranking_loss, sample_negatives
+from genrec.model.search import SearchData
+from genrec.model.serving import ServingOrder
+from genrec.model.tokens import Kind
+from genrec.model.weighting import AdaptiveWeighter, task_grad_norms
+from torch import Tensor
+from torch.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 

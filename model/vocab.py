@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from genrec.model.generative import GenerativeRecommender
 from torch import Tensor
-
-from model.generative import GenerativeRecommender
 
 # The schemas' bound on an id (schemas/messages.py MAX_ID_LEN): an id a message could not carry is not an item.
 MAX_ITEM_ID_LEN = 128
@@ -162,9 +161,9 @@ def new_item_text(new_ids: Sequence[str], items_csv: Path | str, encoder_name: s
     """Text vectors [M, dim] of new items from an items.csv (item_id,title,text,categories;
     model/interactions.py), encoded as training encoded the known items' (`model.search.item_text_vectors`: the
     named encoder with its defaults); a zero row where the file has no text for the item."""
-    from model.interactions import read_items_csv
-    from model.queries import item_text
-    from model.text import make_text_encoder
+    from genrec.model.interactions import read_items_csv
+    from genrec.model.queries import item_text
+    from genrec.model.text import make_text_encoder
 
     out = np.zeros((len(new_ids), dim), np.float32)
     metas = read_items_csv(items_csv)

@@ -25,9 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from genrec.model.config import WeighterConfig
 from torch import Tensor
-
-from model.config import WeighterConfig
 
 
 @dataclass

@@ -6,7 +6,7 @@ targets: two trivial baselines (most popular; previous-item → next-item transi
 the training part, time gaps and same-day ties, repeats, the within-day tie order (Amazon rows of one day are in
 ASIN order), and the popularity baseline after re-ordering the events inside each day (shuffled, reversed).
 
-    python -m ops.analysis_valid_test_gap --data-dir ../shared/data
+    python -m genrec.ops.analysis_valid_test_gap --data-dir ../shared/data
 
 Prints one JSON object on stdout.
 """
@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from model.baselines import evaluate_popularity
-from model.data import SequenceDataset, _dir, load_dataset
-from model.metrics import ranking_metrics
+from genrec.model.baselines import evaluate_popularity
+from genrec.model.data import SequenceDataset, _dir, load_dataset
+from genrec.model.metrics import ranking_metrics
 
 DAY = 86_400
 SPLITS = ("valid", "test")

@@ -42,8 +42,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ops.broker import check_broker_kind, new_broker
-from ops.chaos import (
+from genrec.ops.broker import check_broker_kind, new_broker
+from genrec.ops.chaos import (
     FAST_GROUP_ENV,
     PacedProducer,
     Replay,
@@ -187,7 +187,7 @@ def run_once(
 
 
 def _train_checkpoint(out: Path) -> Path:
-    from ops.bench_stream import _train_tiny
+    from genrec.ops.bench_stream import _train_tiny
 
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the one JSON object
         _train_tiny(out)

@@ -44,8 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from ops.bench_stream import http_get, scrape, start_worker, stop_process, wait_ready
+from genrec.ops.bench_stream import http_get, scrape, start_worker, stop_process, wait_ready
 
 
 def global_order(ds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,7 +59,7 @@ def global_order(ds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def prefix_dataset(ds: Any, users: np.ndarray, pos: np.ndarray, cutoff: int) -> Any:
     """The data set cut at global event `cutoff`: each user keeps the events that came before it."""
-    from model.data import SequenceDataset
+    from genrec.model.data import SequenceDataset
 
     keep = np.zeros(len(ds.items), np.int64)
     np.maximum.at(keep, users[:cutoff], pos[:cutoff] + 1)
@@ -73,7 +72,7 @@ def prefix_dataset(ds: Any, users: np.ndarray, pos: np.ndarray, cutoff: int) -> 
 def seen_vocabulary(ds: Any) -> Any:
     """The data set with a vocabulary of only the items its events name (data set order kept, re-indexed): what a
     model trained on it can know."""
-    from model.data import SequenceDataset
+    from genrec.model.data import SequenceDataset
 
     used = np.zeros(len(ds.item_ids) + 1, bool)
     for x in ds.items:
@@ -88,7 +87,7 @@ def seen_vocabulary(ds: Any) -> Any:
 
 
 def restrict_users(ds: Any, n: int) -> Any:
-    from model.data import SequenceDataset
+    from genrec.model.data import SequenceDataset
 
     return SequenceDataset(ds.name, ds.item_ids, ds.user_ids[:n], ds.items[:n], ds.actions[:n], ds.ts[:n],
                            ds.has_time, ds.has_feedback, ds.synthetic_meta)
@@ -97,11 +96,10 @@ def restrict_users(ds: Any, n: int) -> Any:
 def train_base(ds: Any, out: Path, epochs: int, version: str | None = None) -> dict[str, Any]:
     """The data set's preset on the prefix (at most `epochs`, its early stopping), one torch thread, saved."""
     import torch
-
-    from model.checkpoint import save_checkpoint
-    from model.data import train_popularity
-    from model.presets import preset
-    from model.train import fit_and_test
+    from genrec.model.checkpoint import save_checkpoint
+    from genrec.model.data import train_popularity
+    from genrec.model.presets import preset
+    from genrec.model.train import fit_and_test
 
     torch.set_num_threads(1)
     run = preset(ds.name)
@@ -116,7 +114,7 @@ def train_base(ds: Any, out: Path, epochs: int, version: str | None = None) -> d
 
 def resolve_epochs(ds: Any, epochs: int | None) -> int:
     if epochs is None:
-        from model.presets import preset
+        from genrec.model.presets import preset
 
         return preset(ds.name).train.epochs
     return epochs
@@ -169,9 +167,9 @@ def run_bench_online(dataset: str, data_dir: Path | None, *, events: int | None 
                      partitions: int = 3, online_env: dict[str, str] | None = None,
                      plot: Path | None = None, progress: bool = True, vocabulary: str = "full",
                      retrain_every: int = 0, retrain_epochs: int | None = None) -> dict[str, Any]:
-    from model.data import load_dataset
-    from ops.broker import EmbeddedBroker, free_port
-    from ops.topics import TopicSpec, create_topics
+    from genrec.model.data import load_dataset
+    from genrec.ops.broker import EmbeddedBroker, free_port
+    from genrec.ops.topics import TopicSpec, create_topics
 
     if plot is not None:
         _require_matplotlib()  # before minutes of benchmark, not after them
@@ -205,8 +203,8 @@ def run_bench_online(dataset: str, data_dir: Path | None, *, events: int | None 
                                          "retrain_models")}
     # Data set times shifted so that the last event is "now" (the schemas reject times before 2000).
     shift_ms = int(time.time() * 1000) - int(ts_of[-1]) * 1000
-    from ops.replay import _EVENT_TYPE
-    from schemas.messages import Event, EventType, RecRequest, RecResult, decode, encode
+    from genrec.ops.replay import _EVENT_TYPE
+    from genrec.schemas.messages import Event, EventType, RecRequest, RecResult, decode, encode
 
     def event_msg(i: int) -> tuple[bytes, bytes]:
         u, p = int(u_of[i]), int(p_of[i])
@@ -216,7 +214,7 @@ def run_bench_online(dataset: str, data_dir: Path | None, *, events: int | None 
         return ds.user_ids[u].encode(), encode(ev)
 
     def is_click(i: int) -> bool:
-        from model.tokens import Action
+        from genrec.model.tokens import Action
 
         return int(ds.actions[int(u_of[i])][int(p_of[i])]) != int(Action.NEGATIVE)
 
@@ -359,7 +357,7 @@ class _Retrainer:
 
     def __init__(self, ds: Any, u_of: np.ndarray, p_of: np.ndarray, work: Path, store_root: Path, vocabulary: str,
                  epochs: int, every: int, say: Any) -> None:
-        from model.store import ModelStore
+        from genrec.model.store import ModelStore
 
         self.ds, self.u_of, self.p_of, self.work = ds, u_of, p_of, work
         self.store = ModelStore(store_root)
@@ -389,7 +387,7 @@ class _Retrainer:
 
 
 def _read_models(bootstrap: str, topic: str) -> list[Any]:
-    from ops.cli_models import read_published
+    from genrec.ops.cli_models import read_published
 
     return read_published(bootstrap, topic)
 
@@ -398,8 +396,8 @@ async def _drive(bs: str, names: dict[str, str], ds: Any, procs: list[_Proc], ev
                  u_of: np.ndarray, p_of: np.ndarray, ts_of: np.ndarray, shift_ms: int, cutoff: int, n_eval: int,
                  wave: int, say: Any, decode: Any, encode: Any, RecRequest: Any, RecResult: Any,
                  new_items: _NewItems | None = None, retrain: _Retrainer | None = None) -> dict[str, Any]:
-    from ops.kafka_clients import make_consumer, make_producer
-    from streams.models import publish_version, version_message
+    from genrec.ops.kafka_clients import make_consumer, make_producer
+    from genrec.streams.models import publish_version, version_message
 
     online, trainer = procs[1], procs[2]
     retrain_proc = procs[3] if retrain is not None else None

@@ -25,12 +25,11 @@ ORDERS = ("joint", "ranking", "retrieval")
 def run_bench_order(dataset: str, data_dir: Path | None, *, work_dir: Path, epochs: int | None = None,
                     users: int | None = None, max_requests: int | None = None, batch: int = 256) -> dict[str, Any]:
     import torch
-
-    from model.checkpoint import load_checkpoint
-    from model.data import load_dataset
-    from model.serving import Recommender
-    from model.tokens import Action, History
-    from ops.bench_online import global_order, restrict_users, starting_model
+    from genrec.model.checkpoint import load_checkpoint
+    from genrec.model.data import load_dataset
+    from genrec.model.serving import Recommender
+    from genrec.model.tokens import Action, History
+    from genrec.ops.bench_online import global_order, restrict_users, starting_model
 
     torch.set_num_threads(int(os.environ.get("GENREC_TORCH_THREADS", "1")))
     t0 = time.time()

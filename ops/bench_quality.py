@@ -101,9 +101,9 @@ def run_job(dataset: str, data_dir: Path | None, job: str, seed: int, run_cfg: d
     "joint": the unified model; "pipeline": retrieval_only, then ranking_only on its top-K' → rows retrieval_only,
     ranking_only (AUC/GAUC, where the data has feedback) and two_model (served); an ablation name: joint with it.
     The test split is read once per trained model (with seen items left out, and ranked: `incl_*`)."""
-    from model.config import TrainConfig
-    from model.data import load_dataset
-    from model.train import fit_and_test, validate
+    from genrec.model.config import TrainConfig
+    from genrec.model.data import load_dataset
+    from genrec.model.train import fit_and_test, validate
 
     ds = load_dataset(dataset, data_dir)
     base_train = _merge(run_cfg["train"], {"seed": seed})
@@ -116,7 +116,7 @@ def run_job(dataset: str, data_dir: Path | None, job: str, seed: int, run_cfg: d
         t0 = time.perf_counter()
         text = None
         if tcfg.item_text != "none":
-            from model.search import item_text_vectors
+            from genrec.model.search import item_text_vectors
 
             text = item_text_vectors(ds, data_dir, tcfg.item_text)
         res, test = fit_and_test(ds, tcfg, progress=progress, retriever=retriever, item_text_vecs=text,
@@ -139,8 +139,8 @@ def run_job(dataset: str, data_dir: Path | None, job: str, seed: int, run_cfg: d
         res, test, incl, t0 = train(job, t_over, m_over)
         rows[job] = _test_row(test, incl, res, t0)
         if checkpoint_dir is not None and job == "joint":
-            from model.checkpoint import save_checkpoint
-            from model.data import train_popularity
+            from genrec.model.checkpoint import save_checkpoint
+            from genrec.model.data import train_popularity
 
             save_checkpoint(checkpoint_dir / f"{ds.name}-joint-seed{seed}", res.model, ds.item_ids, dataset=ds.name,
                             train_config=TrainConfig(**base_train).model_dump(), metrics={"test": test},
@@ -163,7 +163,7 @@ def aggregate(dataset: str, per_seed: dict[int, dict[str, dict[str, Any]]], popu
               ) -> dict[str, Any]:
     """The issue's JSON shape: rows[name][metric] = {mean, std, values} over the seeds every row finished, and
     paired differences (joint − baseline) with Student-t 95 % intervals."""
-    from model.stats import paired_interval, summary
+    from genrec.model.stats import paired_interval, summary
 
     seeds = sorted(per_seed)
     names = sorted({n for rows in per_seed.values() for n in rows})
@@ -199,8 +199,8 @@ def aggregate(dataset: str, per_seed: dict[int, dict[str, dict[str, Any]]], popu
 
 def popular_row(dataset: str, data_dir: Path | None, exclude_seen: bool) -> dict[str, float]:
     """The most-popular baseline under the same protocol; its served list is its own ranking."""
-    from model.baselines import evaluate_popularity
-    from model.data import load_dataset
+    from genrec.model.baselines import evaluate_popularity
+    from genrec.model.data import load_dataset
 
     ds = load_dataset(dataset, data_dir)
     pop = evaluate_popularity(ds, exclude_seen=exclude_seen)
@@ -215,8 +215,7 @@ def run_quality(dataset: str, data_dir: Path | None, run_cfg: dict[str, Any], se
                 workers: int, results_dir: Path | None, progress: bool, checkpoint_dir: Path | None = None
                 ) -> dict[str, Any]:
     import torch
-
-    from model.data import load_dataset
+    from genrec.model.data import load_dataset
 
     ds = load_dataset(dataset, data_dir)
     todo = [(ds.name, data_dir, job, seed, run_cfg, results_dir, checkpoint_dir) for seed in seeds for job in jobs]
@@ -298,7 +297,7 @@ def quality(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = False,
 ) -> None:
     """The unified model against the pipeline it replaces, over seeds, with paired 95 % intervals (JSON last)."""
-    from model.presets import preset
+    from genrec.model.presets import preset
 
     t0 = time.perf_counter()
     base = preset(dataset.replace("amazon", "amazon-beauty") if dataset == "amazon" else dataset)
@@ -318,7 +317,7 @@ def quality(
     if aggregate_only:
         if results_dir is None:
             raise typer.BadParameter("--aggregate-only needs --results-dir")
-        from model.data import load_dataset
+        from genrec.model.data import load_dataset
 
         name = load_dataset(dataset, data_dir).name
         excl = bool(run_cfg["train"].get("eval_exclude_seen", True))
@@ -346,5 +345,5 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     bench_app.command("quality")(quality)
 
 
-if __name__ == "__main__":  # `python -m ops.bench_quality …`: the same command without the CLI's Kafka imports
+if __name__ == "__main__":  # `python -m genrec.ops.bench_quality …`: the same command without the CLI's Kafka imports
     typer.run(quality)

@@ -26,9 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ops.bench_stream import scrape
-from ops.cluster import LocalCluster, cpu_seconds
-from ops.load import LoadRun, run_load
+from genrec.ops.bench_stream import scrape
+from genrec.ops.cluster import LocalCluster, cpu_seconds
+from genrec.ops.load import LoadRun, run_load
 
 SECTION_START = "<!-- bench:scale -->"
 SECTION_END = "<!-- /bench:scale -->"
@@ -88,8 +88,8 @@ class CpuWindow:
 
 
 def _produce_histories(bootstrap: str, topic: str, users: list[str], per_user: int, item_ids: list[str]) -> int:
-    from ops.bench_stream import produce_all
-    from schemas.messages import Event, encode
+    from genrec.ops.bench_stream import produce_all
+    from genrec.schemas.messages import Event, encode
 
     now = int(time.time() * 1000) - 3_600_000
 
@@ -130,7 +130,7 @@ def _step(
     say: Any,
     worker_env: dict[str, str],
 ) -> dict[str, Any]:
-    from ops.topics import TopicSpec, create_topics
+    from genrec.ops.topics import TopicSpec, create_topics
 
     tag = uuid.uuid4().hex[:6]
     names = {k: f"scale{tag}.{k}" for k in ("events", "requests", "results", "deadletter")}
@@ -296,8 +296,8 @@ def run_bench_scale(
 ) -> dict[str, Any]:
     import json
 
-    from ops.bench_stream import _train_tiny
-    from ops.broker import new_broker
+    from genrec.ops.bench_stream import _train_tiny
+    from genrec.ops.broker import new_broker
 
     def say(msg: str) -> None:
         print(f"[bench scale] {msg}", file=log or sys.stderr, flush=True)

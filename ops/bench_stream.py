@@ -60,9 +60,9 @@ KAFKA_SECTION_END = "<!-- /bench:stream-kafka -->"
 
 
 def genrec_command() -> list[str]:
-    """The `genrec` CLI of this interpreter's environment (the entry point, else `python -m ops.cli`)."""
+    """The `genrec` CLI of this interpreter's environment (the entry point, else `python -m genrec.ops.cli`)."""
     exe = Path(sys.executable).with_name("genrec")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "ops.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "genrec.ops.cli"]
 
 
 def start_worker(
@@ -157,7 +157,7 @@ def events_processed(metrics: dict[str, float]) -> float:
 
 
 def make_events(n: int, users: int, n_items: list[str], seed: int = 0) -> Iterator[tuple[bytes, bytes]]:
-    from schemas.messages import Event, encode
+    from genrec.schemas.messages import Event, encode
 
     rng = np.random.default_rng(seed)
     run = uuid.uuid4().hex[:8]
@@ -177,7 +177,7 @@ def make_events(n: int, users: int, n_items: list[str], seed: int = 0) -> Iterat
 
 
 async def produce_all(bootstrap: str, topic: str, records: Iterator[tuple[bytes, bytes]]) -> int:
-    from ops.kafka_clients import make_producer
+    from genrec.ops.kafka_clients import make_producer
 
     p = make_producer(bootstrap, one_record_batches=False, linger_ms=5)
     await p.start()
@@ -207,8 +207,8 @@ async def request_load(
     drain_s: float = 10.0,
 ) -> dict[str, Any]:
     """Send requests at `rate`/s for `seconds`; latency = result received − request sent, per request."""
-    from ops.kafka_clients import make_consumer, make_producer
-    from schemas.messages import RecRequest, encode
+    from genrec.ops.kafka_clients import make_consumer, make_producer
+    from genrec.schemas.messages import RecRequest, encode
 
     consumer = make_consumer(bootstrap, results_topic, auto_offset_reset="latest")
     await consumer.start()
@@ -288,8 +288,8 @@ def _ceiling_main(
 ) -> None:
     """A plain Faust app on `topic`: `passthrough` does nothing per event, `stateful` writes one RocksDB
     table entry per event. Prints {"events", "seconds"} measured between the first and the n-th event."""
-    from streams.settings import StreamSettings
-    from streams.transport import GenrecFaustApp
+    from genrec.streams.settings import StreamSettings
+    from genrec.streams.transport import GenrecFaustApp
 
     # The changelog producer the worker would use on this broker.
     profile = StreamSettings(broker_kind=broker_kind).producer_profile
@@ -349,8 +349,8 @@ def measure_ceiling(
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="genrec-ceiling-") as d:
         proc = subprocess.run(
-            [sys.executable, "-m", "ops.bench_stream", "ceiling", mode, bootstrap, topic, str(n), d, str(partitions),
-             broker_kind],
+            [sys.executable, "-m", "genrec.ops.bench_stream", "ceiling", mode, bootstrap, topic, str(n), d,
+             str(partitions), broker_kind],
             capture_output=True,
             timeout=timeout_s,
             check=False,
@@ -421,8 +421,8 @@ def run_bench_stream(
     broker: str = "tansu",
     log: Any = None,
 ) -> dict[str, Any]:
-    from ops.broker import BrokerProcess, check_broker_kind, free_port, new_broker
-    from ops.topics import TopicSpec, create_topics, default_specs
+    from genrec.ops.broker import BrokerProcess, check_broker_kind, free_port, new_broker
+    from genrec.ops.topics import TopicSpec, create_topics, default_specs
 
     check_broker_kind(broker)
 
@@ -442,7 +442,7 @@ def run_bench_stream(
         item_ids = items if isinstance(items, list) else list(items.get("item_ids", items))
         item_ids = [str(x) for x in item_ids][:5000]
         if broker == "kafka":
-            from ops.streams_peer import measure_peer, peer_classpath
+            from genrec.ops.streams_peer import measure_peer, peer_classpath
 
             peer_classpath()  # built (once) before anything is timed
         fresh: BrokerProcess = new_broker(broker)

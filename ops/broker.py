@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 if TYPE_CHECKING:
-    from ops.kafka_clients import KafkaSecurity
+    from genrec.ops.kafka_clients import KafkaSecurity
 
 BINARY_ENV = "GENREC_TANSU_BIN"
 STORAGE_URL = "memory://tansu/"
@@ -182,7 +182,7 @@ class BrokerProcess:
 
     def probe_security(self) -> KafkaSecurity:
         """The client settings of the readiness probe: PLAINTEXT here; a broker launched with TLS/SASL overrides it."""
-        from ops.kafka_clients import KafkaSecurity
+        from genrec.ops.kafka_clients import KafkaSecurity
 
         return KafkaSecurity()
 
@@ -216,8 +216,7 @@ class BrokerProcess:
 
     async def _wait_ready(self) -> None:
         from aiokafka.errors import KafkaError
-
-        from ops.kafka_clients import fetch_cluster_info
+        from genrec.ops.kafka_clients import fetch_cluster_info
 
         # How we launched it (PLAINTEXT unless the subclass set up TLS/SASL), whatever the environment says.
         security = self.probe_security()
@@ -421,7 +420,7 @@ def new_broker(kind: str, log_path: str | os.PathLike[str] | None = None) -> Any
     """A fresh, not yet started broker of `kind`: the embedded Tansu, or a single-node Apache Kafka
     (ops/kafka_broker.py), for the benches that take `--broker`."""
     if check_broker_kind(kind) == "kafka":
-        from ops.kafka_broker import KafkaBroker
+        from genrec.ops.kafka_broker import KafkaBroker
 
         return KafkaBroker(log_path=log_path)
     return EmbeddedBroker(log_path=log_path)

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.bench_stream import scrape, start_worker, stop_process, wait_ready
-from schemas.messages import Event, RecRequest, encode
-from streams import history_codec
+from genrec.ops.bench_stream import scrape, start_worker, stop_process, wait_ready
+from genrec.schemas.messages import Event, RecRequest, encode
+from genrec.streams import history_codec
 
 # Fast group membership on the embedded broker (docs/architecture.md, Brokers): a dead member is noticed in ~4 s.
 FAST_GROUP_ENV = {
@@ -87,7 +87,7 @@ class WorkerHandle:
         return f"w{self.starts}"
 
     def start(self, state_dir: Path | None = None, ready_timeout_s: float = 90.0) -> float:
-        from ops.broker import free_port
+        from genrec.ops.broker import free_port
 
         if self.starts == 0:
             self.create_topics()
@@ -109,7 +109,7 @@ class WorkerHandle:
             raise AssertionError(f"{exc}\n--- worker log ---\n{self.log_tail()}") from exc
 
     def create_topics(self) -> None:
-        from ops.topics import TopicSpec, create_topics
+        from genrec.ops.topics import TopicSpec, create_topics
 
         n = int(FAST_GROUP_ENV["GENREC_PARTITIONS"])
         t = self.topics
@@ -149,7 +149,7 @@ class WorkerHandle:
 
 def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]) -> None:
     """(topic, key, value) records, in order, each confirmed before the call returns."""
-    from ops.kafka_clients import make_producer
+    from genrec.ops.kafka_clients import make_producer
 
     async def main() -> None:
         p = make_producer(bootstrap, one_record_batches=False, linger_ms=0)
@@ -165,7 +165,7 @@ def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]) -> N
 
 def read_until(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout_s: float = 30.0) -> list[Any]:
     """Every record of `topic` from the beginning, until `done(records)` or the timeout (then returns)."""
-    from ops.kafka_clients import make_consumer
+    from genrec.ops.kafka_clients import make_consumer
 
     async def main() -> list[Any]:
         c = make_consumer(bootstrap, topic)
@@ -190,8 +190,7 @@ def values(records: list[Any]) -> list[dict[str, Any]]:
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offsets (OffsetFetch from a consumer that only reads them: no join, no commit)."""
     from aiokafka import TopicPartition
-
-    from ops.kafka_clients import make_consumer
+    from genrec.ops.kafka_clients import make_consumer
 
     async def main() -> dict[int, int]:
         c = make_consumer(bootstrap, group_id=group, enable_auto_commit=False)
@@ -258,7 +257,7 @@ class PacedProducer(threading.Thread):
             self.error = exc
 
     async def _main(self) -> None:
-        from ops.kafka_clients import make_producer
+        from genrec.ops.kafka_clients import make_producer
 
         p = make_producer(self.bootstrap, one_record_batches=False, linger_ms=0, request_timeout_ms=120_000)
         await p.start()

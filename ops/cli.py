@@ -29,41 +29,41 @@ def _bench_stops_what_it_started() -> None:
 
 def _register() -> None:
     # One line per module; each module exposes `register(app, bench_app)`.
-    from ops import bench_quality, cli_model
+    from genrec.ops import bench_quality, cli_model
 
     cli_model.register(app, bench_app)
     bench_quality.register(app, bench_app)
-    from ops import cli_infra
+    from genrec.ops import cli_infra
 
     cli_infra.register(app, bench_app)
-    from ops import cli_stream
+    from genrec.ops import cli_stream
 
     cli_stream.register(app, bench_app)
-    from ops import demo
+    from genrec.ops import demo
 
     demo.register(app, bench_app)
-    from ops import cli_ops
+    from genrec.ops import cli_ops
 
     cli_ops.register(app, bench_app)
-    from ops import cli_models
+    from genrec.ops import cli_models
 
     cli_models.register(app, bench_app)
-    from ops import bench_online
+    from genrec.ops import bench_online
 
     bench_online.register(app, bench_app)
-    from ops import bench_order
+    from genrec.ops import bench_order
 
     bench_order.register(app, bench_app)
-    from ops import cli_deadletters
+    from genrec.ops import cli_deadletters
 
     cli_deadletters.register(app, bench_app)
-    from ops import bench_chaos
+    from genrec.ops import bench_chaos
 
     bench_chaos.register(app, bench_app)
-    from ops import export_events
+    from genrec.ops import export_events
 
     export_events.register(app, bench_app)
-    from ops import cli_schemas
+    from genrec.ops import cli_schemas
 
     cli_schemas.register(app, bench_app)
 

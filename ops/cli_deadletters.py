@@ -46,7 +46,7 @@ def list_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
 ) -> None:
     """The dead letters, oldest first: reason, source record, redrive count, error (counts by reason last)."""
-    from ops.deadletters import list_dead_letters
+    from genrec.ops.deadletters import list_dead_letters
 
     letters = asyncio.run(list_dead_letters(bootstrap, topic, reason=reason))
     by_reason: dict[str, int] = {}
@@ -91,7 +91,7 @@ def redrive_cmd(
     = False,
 ) -> None:
     """Send the dead letters of one reason back to their source topic, once each (see ops/deadletters.py)."""
-    from ops.deadletters import redrive
+    from genrec.ops.deadletters import redrive
 
     allowed = [events_topic, requests_topic, *(allow_topic or [])]
     report = asyncio.run(redrive(bootstrap, topic, reason, allowed_topics=allowed, group=group,

@@ -27,7 +27,7 @@ def _bootstrap_option() -> Any:
 
 # Topic name flags share the worker's env names (streams.settings: GENREC_EVENTS_TOPIC, …).
 def _names(events: str, requests: str, results: str, deadletter: str, models: str) -> Any:
-    from ops.topics import TopicNames
+    from genrec.ops.topics import TopicNames
 
     return TopicNames(events=events, requests=requests, results=results, deadletter=deadletter, models=models)
 
@@ -62,7 +62,7 @@ def broker(
     ),
 ) -> None:
     """Run a Kafka-protocol broker until SIGTERM/SIGINT: Tansu (default) or Apache Kafka (--kind kafka)."""
-    from ops.broker import BrokerBinaryNotFoundError, BrokerProcess, BrokerStartError, EmbeddedBroker
+    from genrec.ops.broker import BrokerBinaryNotFoundError, BrokerProcess, BrokerStartError, EmbeddedBroker
 
     kind = BrokerKind(kind)
     if data_dir is not None and kind is not BrokerKind.kafka:
@@ -78,7 +78,7 @@ def broker(
     embedded: BrokerProcess
     unavailable: tuple[type[Exception], ...]
     if kind is BrokerKind.kafka:
-        from ops.kafka_broker import KafkaBroker, KafkaUnavailableError
+        from genrec.ops.kafka_broker import KafkaBroker, KafkaUnavailableError
 
         embedded = KafkaBroker(
             port=port or None, host=host, log_path=log_file, data_dir=data_dir, ready_timeout_s=ready_timeout or 90.0
@@ -145,9 +145,8 @@ def topics_create(
 ) -> None:
     """Create the genrec topics; topics that already exist are left as they are and reported."""
     from aiokafka.errors import KafkaError
-
-    from ops.kafka_clients import KafkaConfigError, KafkaSecurity, wait_for_kafka
-    from ops.topics import TopicError, changelog_topic, create_topics, default_specs
+    from genrec.ops.kafka_clients import KafkaConfigError, KafkaSecurity, wait_for_kafka
+    from genrec.ops.topics import TopicError, changelog_topic, create_topics, default_specs
 
     try:
         security = KafkaSecurity.from_env()
@@ -209,9 +208,8 @@ def topics_describe(
 ) -> None:
     """Partitions, leaders, replication and configs; exits 1 if a topic is missing."""
     from aiokafka.errors import KafkaError
-
-    from ops.kafka_clients import KafkaConfigError, KafkaSecurity
-    from ops.topics import describe_topics
+    from genrec.ops.kafka_clients import KafkaConfigError, KafkaSecurity
+    from genrec.ops.topics import describe_topics
 
     names = (
         list(topics)

@@ -21,7 +21,7 @@ DataDirOpt = Annotated[Path | None, typer.Option(
 
 def check_device(device: str | None) -> Any:
     """The torch device, or a usage error (no traceback) for an unknown name or a GPU this machine lacks."""
-    from model.device import DeviceUnavailableError, resolve_device
+    from genrec.model.device import DeviceUnavailableError, resolve_device
 
     try:
         return resolve_device(device)
@@ -31,8 +31,8 @@ def check_device(device: str | None) -> Any:
 
 def load_data(dataset: str, data_dir: Path | None) -> Any:
     """The data set, or a usage error naming what is wrong with the user's own files (no traceback)."""
-    from model.data import load_dataset
-    from model.interactions import InteractionsError
+    from genrec.model.data import load_dataset
+    from genrec.model.interactions import InteractionsError
 
     try:
         ds = load_dataset(dataset, data_dir)
@@ -49,7 +49,7 @@ def load_data(dataset: str, data_dir: Path | None) -> Any:
 
 def popular_figures(ds: Any, split: str, exclude_seen: bool) -> dict[str, float]:
     """The most-popular baseline (model/baselines.py) under the model's own protocol: its floor, as popular_*."""
-    from model.baselines import evaluate_popularity
+    from genrec.model.baselines import evaluate_popularity
 
     pop = evaluate_popularity(ds, split, exclude_seen=exclude_seen)
     return {f"popular_{k}": pop[k] for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")}
@@ -57,8 +57,8 @@ def popular_figures(ds: Any, split: str, exclude_seen: bool) -> dict[str, float]
 
 def load_run_config(dataset: str, config: Path | None, epochs: int | None, overrides: dict[str, Any]) -> Any:
     """The data set's preset, then the JSON config file's keys, then flags."""
-    from model.config import RunConfig
-    from model.presets import preset
+    from genrec.model.config import RunConfig
+    from genrec.model.presets import preset
 
     base = preset(dataset)
     raw: dict[str, Any] = json.loads(config.read_text()) if config else {}
@@ -106,9 +106,9 @@ def train(
         "validation for its best epoch count and LR steps, no early stopping (HSTU's ML-1M protocol)")] = None,
 ) -> None:
     """Train on the leave-one-out training part, early-stop on validation, evaluate on test, save."""
-    from model.checkpoint import save_checkpoint
-    from model.data import train_popularity
-    from model.train import fit_and_test, refit_schedule
+    from genrec.model.checkpoint import save_checkpoint
+    from genrec.model.data import train_popularity
+    from genrec.model.train import fit_and_test, refit_schedule
 
     flags: dict[str, Any] = {"task": task, "enhancer.enabled": enhancer, "weighter.mode": weighting,
                              "search.enabled": search, "search.encoder": text_encoder, "device": device}
@@ -130,14 +130,14 @@ def train(
     popularity: dict[str, Any] = {"item_popularity": train_popularity(ds).tolist()}
     search_data = None
     if run.train.search.enabled:
-        from model.search import search_data_for
+        from genrec.model.search import search_data_for
 
         sc = run.train.search
         search_data = search_data_for(ds, data_dir, sc.encoder, sc.share, sc.noise, sc.seed, cache_dir=out)
         popularity["text_encoder"] = sc.encoder
     text_vecs = None
     if run.train.item_text != "none" and not run.train.search.enabled:
-        from model.search import item_text_vectors
+        from genrec.model.search import item_text_vectors
 
         text_vecs = item_text_vectors(ds, data_dir, run.train.item_text, cache_dir=out)
 
@@ -174,8 +174,8 @@ def eval_cmd(
     device: DeviceOpt = None,
 ) -> None:
     """Evaluate a checkpoint with the papers' protocol (leave-one-out, full ranking)."""
-    from model.checkpoint import load_checkpoint
-    from model.evaluate import evaluate
+    from genrec.model.checkpoint import load_checkpoint
+    from genrec.model.evaluate import evaluate
 
     dev = check_device(device)
     ckpt = load_checkpoint(checkpoint)
@@ -187,7 +187,7 @@ def eval_cmd(
         raise typer.BadParameter(f"checkpoint {checkpoint} was trained on another item vocabulary than {dataset}")
     search_data = None
     if ckpt.model.cfg.query_dim:
-        from model.search import search_data_for
+        from genrec.model.search import search_data_for
 
         sc = ckpt.meta.get("train", {}).get("search", {})
         search_data = search_data_for(ds, data_dir, ckpt.meta.get("text_encoder", "minilm"), sc.get("share", 0.2),
@@ -217,7 +217,7 @@ def recommend(
     device: DeviceOpt = None,
 ) -> None:
     """Recommend for users of a data set, their full history as context (serving path)."""
-    from model.serving import Recommender, item_titles
+    from genrec.model.serving import Recommender, item_titles
 
     rec = Recommender.from_checkpoint(checkpoint, device=str(check_device(device)))
     ds = load_data(dataset, data_dir)

@@ -31,9 +31,9 @@ def read_published(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> tuple[list[Any], Any]:
     """(every ModelVersion, oldest first; the latest PublishingControl or None); unreadable records skipped."""
-    from ops.kafka_clients import make_consumer, topic_partitions
-    from schemas.messages import ModelVersion, PublishingControl, decode
-    from streams.models import MODEL_KEY, PUBLISHING_KEY
+    from genrec.ops.kafka_clients import make_consumer, topic_partitions
+    from genrec.schemas.messages import ModelVersion, PublishingControl, decode
+    from genrec.streams.models import MODEL_KEY, PUBLISHING_KEY
 
     control: list[Any] = [None]
 
@@ -77,8 +77,8 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> tuple[lis
 
 def publish(bootstrap: str, topic: str, msg: Any, pause: Any = None) -> None:
     """A ModelVersion (None: none), after a PublishingControl when given, in that order on the one partition."""
-    from ops.kafka_clients import make_producer
-    from streams.models import publish_control, publish_version
+    from genrec.ops.kafka_clients import make_producer
+    from genrec.streams.models import publish_control, publish_version
 
     async def main() -> None:
         p = make_producer(bootstrap, one_record_batches=True, acks="all")
@@ -107,8 +107,8 @@ def _who() -> str:
 
 def _verified(store: Path, version: str) -> Any:
     """The version's info after checking that its weights still match their sha256."""
-    from model.checkpoint import CheckpointError, verify_checkpoint
-    from model.store import ModelStore
+    from genrec.model.checkpoint import CheckpointError, verify_checkpoint
+    from genrec.model.store import ModelStore
 
     try:
         info = ModelStore(store).info(version)
@@ -129,7 +129,7 @@ def list_cmd(store: StoreOpt, bootstrap: BootstrapOpt = "127.0.0.1:9092", models
                                                      help="read the topic for the serving version")] = True,
              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Versions in the store (oldest first), with the one `genrec.models` names as serving."""
-    from model.store import ModelStore
+    from genrec.model.store import ModelStore
 
     versions = ModelStore(store).list()
     serving = None
@@ -158,7 +158,7 @@ def list_cmd(store: StoreOpt, bootstrap: BootstrapOpt = "127.0.0.1:9092", models
 def promote(version: Annotated[str, typer.Argument()], store: StoreOpt, bootstrap: BootstrapOpt = "127.0.0.1:9092",
             models_topic: TopicOpt = "genrec.models") -> None:
     """Publish a stored version as the serving one."""
-    from streams.models import version_message
+    from genrec.streams.models import version_message
 
     info = _verified(store, version)
     publish(bootstrap, models_topic, version_message(info, "promote"))
@@ -175,7 +175,7 @@ def rollback(store: StoreOpt, bootstrap: BootstrapOpt = "127.0.0.1:9092", models
              = False) -> None:
     """Publish an older version: `--to VERSION`, or the parent of the version published last; pauses the
     trainer's publishing unless `--keep-publishing` (`genrec models resume` undoes it)."""
-    from streams.models import publishing_control, version_message
+    from genrec.streams.models import publishing_control, version_message
 
     if to is None:
         msgs = read_published(bootstrap, models_topic)
@@ -197,7 +197,7 @@ def pause_cmd(bootstrap: BootstrapOpt = "127.0.0.1:9092", models_topic: TopicOpt
               reason: Annotated[str | None, typer.Option("--reason", help="why (shown by list and the trainer)")]
               = None) -> None:
     """Stop the trainer publishing versions (it trains no rounds meanwhile, and still follows promote/rollback)."""
-    from streams.models import publishing_control
+    from genrec.streams.models import publishing_control
 
     publish(bootstrap, models_topic, None, publishing_control(True, reason, _who()))
     typer.echo(json.dumps({"publishing": "paused", "reason": reason}))
@@ -206,7 +206,7 @@ def pause_cmd(bootstrap: BootstrapOpt = "127.0.0.1:9092", models_topic: TopicOpt
 @models_app.command("resume")
 def resume_cmd(bootstrap: BootstrapOpt = "127.0.0.1:9092", models_topic: TopicOpt = "genrec.models") -> None:
     """Let the trainer publish versions again."""
-    from streams.models import publishing_control
+    from genrec.streams.models import publishing_control
 
     publish(bootstrap, models_topic, None, publishing_control(False, None, _who()))
     typer.echo(json.dumps({"publishing": "resumed"}))

@@ -40,8 +40,7 @@ def load(
 
     Exits 1 when a request was never answered within --drain."""
     from aiokafka.errors import KafkaError
-
-    from ops.load import run_load
+    from genrec.ops.load import run_load
 
     try:
         run = asyncio.run(
@@ -98,7 +97,7 @@ def bench_scale(
 ) -> None:
     """Requests/s with 1, 2, 3 replicas on a fresh embedded broker, ratios, CPU per process; then a SIGKILL
     failover with 3 replicas (requests lost, recovery time)."""
-    from ops.bench_scale import run_bench_scale, write_benchmarks_section
+    from genrec.ops.bench_scale import run_bench_scale, write_benchmarks_section
 
     try:
         counts = [int(r) for r in replicas.split(",") if r.strip()]
@@ -108,8 +107,8 @@ def bench_scale(
     if not counts or min(counts) < 1:
         typer.echo("genrec bench scale: --replicas needs counts ≥ 1", err=True)
         raise typer.Exit(2)
-    from ops.bench_chaos import parse_env
-    from ops.broker import check_broker_kind
+    from genrec.ops.bench_chaos import parse_env
+    from genrec.ops.broker import check_broker_kind
 
     try:
         env = parse_env(worker_env)

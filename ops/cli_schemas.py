@@ -18,7 +18,7 @@ def export_schemas(out: Path) -> tuple[list[str], list[str]]:
 
     Returns (written, removed) file names. Files are replaced atomically, so a reader never sees half a schema.
     """
-    from schemas.messages import JSON_SCHEMA_SUFFIX, json_schema_files
+    from genrec.schemas.messages import JSON_SCHEMA_SUFFIX, json_schema_files
 
     files = json_schema_files()
     out.mkdir(parents=True, exist_ok=True)
@@ -34,7 +34,7 @@ def export_schemas(out: Path) -> tuple[list[str], list[str]]:
 
 def stale_schemas(out: Path) -> list[str]:
     """File names in `out` that differ from (or are missing, or are left over beside) the current schemas."""
-    from schemas.messages import JSON_SCHEMA_SUFFIX, json_schema_files
+    from genrec.schemas.messages import JSON_SCHEMA_SUFFIX, json_schema_files
 
     files = json_schema_files()
     stale = [name for name, text in files.items()

@@ -50,10 +50,9 @@ def worker(
     """Run a worker in the foreground until SIGTERM (graceful) — ingest + infer agents over RocksDB."""
     import os
 
+    from genrec.streams.settings import StreamSettings
+    from genrec.streams.worker import run_worker
     from pydantic import ValidationError
-
-    from streams.settings import StreamSettings
-    from streams.worker import run_worker
 
     if legacy_state_dir is not None or os.environ.get("GENREC_DATADIR"):
         given = "--datadir/--data-dir" if legacy_state_dir is not None else "GENREC_DATADIR"
@@ -106,10 +105,10 @@ def replay(
                                     "instead of shifting the last event to now."),
 ) -> None:
     """Replay a data set's events (and requests) onto Kafka in time order, at a given rate."""
-    from model.data import load_dataset
-    from ops.kafka_clients import make_producer
-    from ops.replay import dataset_events, replay_items
-    from ops.replay import replay as do_replay
+    from genrec.model.data import load_dataset
+    from genrec.ops.kafka_clients import make_producer
+    from genrec.ops.replay import dataset_events, replay_items
+    from genrec.ops.replay import replay as do_replay
 
     try:
         ds = load_dataset(dataset, data_dir)
@@ -159,7 +158,7 @@ def bench_stream(
 ) -> None:
     """Sustained requests at increasing rates on a fresh broker; throughput, latency percentiles, and the
     pass-through / stateful Faust ceilings (and on Kafka the Kafka Streams peer) measured in the same run."""
-    from ops.bench_stream import run_bench_stream, write_benchmarks_section
+    from genrec.ops.bench_stream import run_bench_stream, write_benchmarks_section
 
     try:
         rate_list = [float(r) for r in rates.split(",") if r.strip()]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.bench_stream import http_get, start_worker, stop_process
+from genrec.ops.bench_stream import http_get, start_worker, stop_process
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -86,7 +86,7 @@ class LocalCluster:
 
     def start(self, name: str, state_dir: Path | None = None) -> Replica:
         """Start a replica (does not wait for it); its results carry `name` as their `worker`."""
-        from ops.broker import free_port
+        from genrec.ops.broker import free_port
 
         self.base.mkdir(parents=True, exist_ok=True)
         port = free_port()

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.messages import REDRIVE_HEADER, DeadLetter, decode
+from genrec.schemas.messages import REDRIVE_HEADER, DeadLetter, decode
 
 DEFAULT_GROUP_PREFIX = "genrec-redrive-"
 
@@ -78,7 +78,7 @@ async def _read(consumer: Any, topic: str, start: dict[Any, int] | None, timeout
     """Records of `topic` from `start` (None: the beginning) up to the end offsets seen now
     (`ops.kafka_clients.read_to_end`), as letters in (partition, offset) order, and each partition's position
     after the read (the next offset to read: what a cursor commits)."""
-    from ops.kafka_clients import read_to_end
+    from genrec.ops.kafka_clients import read_to_end
 
     records, final = await read_to_end(consumer, topic, start, timeout_s=timeout_s, idle_s=idle_s)
     out = [_letter(m) for m in records]
@@ -96,7 +96,7 @@ def _letter(m: Any) -> Letter:
 async def list_dead_letters(bootstrap: str, topic: str, *, reason: str | None = None, timeout_s: float = 60.0,
                             idle_s: float = 2.0) -> list[Letter]:
     """Every dead letter on `topic` (of `reason`, when given), oldest first; unreadable records only unfiltered."""
-    from ops.kafka_clients import make_consumer
+    from genrec.ops.kafka_clients import make_consumer
 
     c = make_consumer(bootstrap)
     await c.start()
@@ -120,8 +120,7 @@ async def redrive(bootstrap: str, topic: str, reason: str, *, allowed_topics: Se
                   from_beginning: bool = False, timeout_s: float = 120.0, idle_s: float = 2.0) -> RedriveReport:
     """Re-publish the dead letters of `reason` not redriven yet by this reason's cursor (module docstring)."""
     from aiokafka.structs import OffsetAndMetadata
-
-    from ops.kafka_clients import make_consumer, make_producer, topic_partitions
+    from genrec.ops.kafka_clients import make_consumer, make_producer, topic_partitions
 
     group = group or default_group(reason)
     report = RedriveReport(reason=reason, group=group, dry_run=dry_run)

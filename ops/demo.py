@@ -170,7 +170,7 @@ def train_demo_model(
 ) -> dict[str, Any]:
     """`genrec train` (the data set's preset, `epochs` at most) as a child process; its epoch lines go to
     our stderr, its JSON line (checkpoint, test metrics) is returned."""
-    from ops.bench_stream import genrec_command
+    from genrec.ops.bench_stream import genrec_command
 
     cmd = [*genrec_command(), "train", "--dataset", dataset, "--out", str(out), "--epochs", str(epochs)]
     cmd += ["--no-progress"]
@@ -242,10 +242,10 @@ async def run_stream(
 ) -> dict[str, Any]:
     """Phase 1: events in time order with interleaved requests; phase 2: `exclude_seen` requests once
     every event is ingested. Returns timings; fills and returns the outcome."""
-    from ops.bench_stream import events_processed, scrape
-    from ops.kafka_clients import make_consumer, make_producer
-    from ops.replay import RateLimiter, dataset_events
-    from schemas.messages import RecRequest, RecResult, encode
+    from genrec.ops.bench_stream import events_processed, scrape
+    from genrec.ops.kafka_clients import make_consumer, make_producer
+    from genrec.ops.replay import RateLimiter, dataset_events
+    from genrec.schemas.messages import RecRequest, RecResult, encode
 
     n_excl = max(1, n_requests // 4) if n_requests >= 2 else 0  # "a few" with exclude_seen
     n_stream = n_requests - n_excl
@@ -402,7 +402,7 @@ def _install_sigterm() -> Callable[[], None]:
 
 def _load_data(opts: DemoOptions) -> tuple[Any, str, bool]:
     """(data set, its name, whether it is real data); falls back to the generated set, loudly."""
-    from model.data import load_dataset
+    from genrec.model.data import load_dataset
 
     if opts.dataset == "synthetic":
         return load_dataset("synthetic"), "synthetic", False
@@ -425,9 +425,9 @@ def _load_data(opts: DemoOptions) -> tuple[Any, str, bool]:
 
 
 def run_demo(opts: DemoOptions) -> int:
-    from ops.bench_stream import scrape, start_worker, stop_process, wait_ready
-    from ops.broker import EmbeddedBroker, free_port
-    from ops.topics import TopicNames, create_topics, default_specs
+    from genrec.ops.bench_stream import scrape, start_worker, stop_process, wait_ready
+    from genrec.ops.broker import EmbeddedBroker, free_port
+    from genrec.ops.topics import TopicNames, create_topics, default_specs
 
     t_start = time.monotonic()
     deadline = t_start + opts.timeout_s
@@ -458,7 +458,7 @@ def run_demo(opts: DemoOptions) -> int:
         say(f"broker: embedded Tansu at {broker.bootstrap} (pid {broker.pid}); topics {', '.join(topics.all())}")
 
         # 2. the model
-        from model.baselines import evaluate_popularity
+        from genrec.model.baselines import evaluate_popularity
 
         popular = evaluate_popularity(ds) if dataset == "synthetic" or real else None
         if opts.checkpoint is not None:
@@ -482,7 +482,7 @@ def run_demo(opts: DemoOptions) -> int:
             say(line)
 
         # 3. the worker
-        from model.serving import item_titles
+        from genrec.model.serving import item_titles
 
         titles = item_titles(ds, opts.data_dir if real else None)
         # exclude_seen can only exclude what the worker keeps (the last DEMO_HISTORY_LEN events) and, in

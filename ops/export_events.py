@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from schemas.messages import Event, EventType, decode, rejection
+from genrec.schemas.messages import Event, EventType, decode, rejection
 
 FILE_NAME = "interactions.csv"
 
@@ -82,7 +81,7 @@ def event_rows(records: list[Any], report: ExportReport) -> list[tuple[str, str,
 
 async def read_topic(bootstrap: str, topic: str, timeout_s: float, idle_s: float) -> tuple[list[Any], int]:
     """Every record of `topic` up to its end offsets now, and the number of partitions read."""
-    from ops.kafka_clients import make_consumer, read_to_end
+    from genrec.ops.kafka_clients import make_consumer, read_to_end
 
     consumer = make_consumer(bootstrap)
     await consumer.start()
@@ -97,7 +96,7 @@ def export_events(bootstrap: str, topic: str, out_dir: Path, *, force: bool = Fa
                   idle_s: float = 2.0) -> ExportReport:
     """Write OUT_DIR/interactions.csv from the topic; ExportError when it exists (without `force`) or when the topic
     holds no item event."""
-    from model.interactions import write_interactions_csv
+    from genrec.model.interactions import write_interactions_csv
 
     out = out_dir / FILE_NAME
     if out.exists() and not force:

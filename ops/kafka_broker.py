@@ -45,10 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ops.broker import BrokerProcess, BrokerStartError, _run_blocking, free_port
+from genrec.ops.broker import BrokerProcess, BrokerStartError, _run_blocking, free_port
 
 if TYPE_CHECKING:
-    from ops.kafka_clients import KafkaSecurity
+    from genrec.ops.kafka_clients import KafkaSecurity
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM = KAFKA_DIR / "pom.xml"
@@ -424,7 +424,7 @@ class KafkaBroker(BrokerProcess):
 
     def client_security(self, username: str = BROKER_USER, mechanism: str = "SCRAM-SHA-512") -> KafkaSecurity:
         """How a client authenticates to this broker as `username` (a SCRAM user given at construction)."""
-        from ops.kafka_clients import KafkaSecurity
+        from genrec.ops.kafka_clients import KafkaSecurity
 
         if self.security == "plaintext":
             return KafkaSecurity()
@@ -630,8 +630,8 @@ def _read_properties(path: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ops.kafka_broker fetch`: fetch the jars now (make test does), print where they are."""
-    parser = argparse.ArgumentParser(prog="python -m ops.kafka_broker")
+    """`python -m genrec.ops.kafka_broker fetch`: fetch the jars now (make test does), print where they are."""
+    parser = argparse.ArgumentParser(prog="python -m genrec.ops.kafka_broker")
     parser.add_argument("action", choices=["fetch"])
     parser.parse_args(argv)
     try:

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from schemas.messages import Event, RecRequest, encode
+from genrec.schemas.messages import Event, RecRequest, encode
 
 
 @dataclass
@@ -127,9 +126,8 @@ async def run_load(
     `users` is a count (user ids "1".."U") or the ids themselves. A share `query_share` of the messages are
     query events (searches), the rest plain requests. `run` may be passed in to watch it while it runs.
     """
+    from genrec.ops.kafka_clients import make_consumer, make_producer
     from tqdm import tqdm
-
-    from ops.kafka_clients import make_consumer, make_producer
 
     if rate <= 0 or duration_s <= 0:
         raise ValueError("rate and duration must be > 0")

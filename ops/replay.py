@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from model.tokens import Action
-from schemas.messages import Event, EventType, RecRequest, encode
+from genrec.model.tokens import Action
+from genrec.schemas.messages import Event, EventType, RecRequest, encode
 
 # What each action token is published as: the ingest agent maps these back to the same actions.
 _EVENT_TYPE = {

@@ -21,7 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ops.kafka_broker import KAFKA_DIR, POM, KafkaUnavailableError, cache_root, find_java, kafka_version, run_maven
+from genrec.ops.kafka_broker import (
+    KAFKA_DIR,
+    POM,
+    KafkaUnavailableError,
+    cache_root,
+    find_java,
+    kafka_version,
+    run_maven,
+)
 
 PEER_DIR = KAFKA_DIR / "streams-peer"
 PEER_POM = PEER_DIR / "pom.xml"

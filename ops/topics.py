@@ -17,8 +17,7 @@ from typing import Any, Literal
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, for_code
-
-from ops.kafka_clients import KafkaSecurity, make_admin
+from genrec.ops.kafka_clients import KafkaSecurity, make_admin
 
 TOPIC_ALREADY_EXISTS = 36
 
@@ -98,7 +97,7 @@ def default_specs(
 
 def changelog_topic(app_id: str) -> str:
     """The name Faust gives the worker's history table changelog (co-partitioned with the data topics)."""
-    from streams.app import HISTORY_TABLE
+    from genrec.streams.app import HISTORY_TABLE
 
     return f"{app_id}-{HISTORY_TABLE}-changelog"
 

@@ -1,6 +1,6 @@
 """Pydantic models of every message on every topic, with bounds and a JSON Schema export."""
 
-from schemas.messages import (
+from genrec.schemas.messages import (
     ALL_MESSAGES,
     MAX_DEAD_LETTER_BYTES,
     MAX_ID_LEN,

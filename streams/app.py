@@ -25,15 +25,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from faust.types import EventT, StreamT
-from mode import Service
-
-from model.checkpoint import resolve_in_store
-from schemas.messages import ModelVersion
-from streams import recovery_watch
-from streams.app_builder import build_faust_app, install_pages, raw_topic, state_table
-from streams.batcher import MicroBatcher
-from streams.checkpoint import Checkpoint
-from streams.handlers import (
+from genrec.model.checkpoint import resolve_in_store
+from genrec.schemas.messages import ModelVersion
+from genrec.streams import recovery_watch
+from genrec.streams.app_builder import build_faust_app, install_pages, raw_topic, state_table
+from genrec.streams.batcher import MicroBatcher
+from genrec.streams.checkpoint import Checkpoint
+from genrec.streams.handlers import (
     Attempts,
     IngestHandler,
     Liveness,
@@ -42,10 +40,11 @@ from streams.handlers import (
     RequestHandler,
     dead_letter_poison,
 )
-from streams.metrics import CONTENT_TYPE, WorkerMetrics, install_faust_sensors
-from streams.models import ModelFollower, ModelsTopicTable
-from streams.serving import InferenceRunner, RecommenderLike, load_recommender
-from streams.settings import StreamSettings
+from genrec.streams.metrics import CONTENT_TYPE, WorkerMetrics, install_faust_sensors
+from genrec.streams.models import ModelFollower, ModelsTopicTable
+from genrec.streams.serving import InferenceRunner, RecommenderLike, load_recommender
+from genrec.streams.settings import StreamSettings
+from mode import Service
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +186,7 @@ class ModelHolder(Service):
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         if self._loader is None and s.inference_process and s.checkpoint is not None:
-            from streams.inference_process import ProcessInferenceRunner
+            from genrec.streams.inference_process import ProcessInferenceRunner
 
             ckpt_path = s.checkpoint
             runner: InferenceRunner = await loop.run_in_executor(

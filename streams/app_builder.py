@@ -14,9 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-
-from streams.settings import StreamSettings
-from streams.transport import GenrecFaustApp
+from genrec.streams.settings import StreamSettings
+from genrec.streams.transport import GenrecFaustApp
 
 __all__ = ["JsonPage", "build_faust_app", "faust_credentials", "install_pages", "raw_topic", "state_table"]
 

@@ -30,9 +30,8 @@ from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
-
-from model.tokens import action_from_event
-from schemas.messages import (
+from genrec.model.tokens import action_from_event
+from genrec.schemas.messages import (
     Event,
     EventType,
     RecRequest,
@@ -44,12 +43,12 @@ from schemas.messages import (
     encode,
     rejection,
 )
-from streams import history_codec
-from streams.checkpoint import SendFailedError
-from streams.inference_errors import InferenceError
-from streams.metrics import WorkerMetrics
-from streams.serving import InferenceInput
-from streams.settings import StreamSettings
+from genrec.streams import history_codec
+from genrec.streams.checkpoint import SendFailedError
+from genrec.streams.inference_errors import InferenceError
+from genrec.streams.metrics import WorkerMetrics
+from genrec.streams.serving import InferenceInput
+from genrec.streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streams.inference_errors import InferenceCrashed, InferenceError, InferenceTimeout
-from streams.serving import (
+from genrec.streams.inference_errors import InferenceCrashed, InferenceError, InferenceTimeout
+from genrec.streams.serving import (
     BatchItem,
     InferenceInput,
     InferenceRunner,
@@ -40,7 +40,7 @@ from streams.serving import (
 )
 
 if TYPE_CHECKING:
-    from model.recommendation import Recommendation
+    from genrec.model.recommendation import Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def encode_reply(version: str, lists: Sequence[Sequence[Any]]) -> bytes:
 
 
 def decode_reply(buf: bytes) -> tuple[str, list[list[Recommendation]]]:
-    from model.recommendation import Recommendation
+    from genrec.model.recommendation import Recommendation
 
     if buf[:1] != REPLY_TAG:
         raise ValueError("not a reply")
@@ -292,11 +292,11 @@ class ProcessInferenceRunner(InferenceRunner):
         if not reply.get("ok"):
             text = str(reply.get("error", "unknown error"))[:2000]
             if reply.get("type") == "CheckpointError":
-                from model.checkpoint import CheckpointError
+                from genrec.model.checkpoint import CheckpointError
 
                 raise CheckpointError(text)
             if reply.get("type") == "DeviceUnavailableError":  # e.g. GENREC_DEVICE=cuda on a host without a GPU
-                from model.device import DeviceUnavailableError
+                from genrec.model.device import DeviceUnavailableError
 
                 raise DeviceUnavailableError(text)
             refused = {"ProbeFailed": ProbeFailed, "VersionMismatch": VersionMismatch}.get(str(reply.get("type")))

@@ -15,7 +15,7 @@ import logging.config
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.settings import StreamSettings
+from genrec.streams.settings import StreamSettings
 
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] %(levelname)s %(name)s: %(message)s"
 

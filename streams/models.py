@@ -11,11 +11,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from genrec.model.store import VersionInfo
+from genrec.schemas.messages import MAX_MESSAGE_BYTES, ModelVersion, PublishingControl, decode, encode
+from genrec.streams.settings import StreamSettings
 from mode import Service
-
-from model.store import VersionInfo
-from schemas.messages import MAX_MESSAGE_BYTES, ModelVersion, PublishingControl, decode, encode
-from streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from model.tokens import History
-from schemas.messages import RecRequest
-from streams import history_codec
-from streams.inference_errors import InferenceError
+from genrec.model.tokens import History
+from genrec.schemas.messages import RecRequest
+from genrec.streams import history_codec
+from genrec.streams.inference_errors import InferenceError
 
 if TYPE_CHECKING:  # the one Recommendation type (model/recommendation.py)
-    from model.recommendation import Recommendation
+    from genrec.model.recommendation import Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class RecommenderLike(Protocol):
 
 
 def load_recommender(checkpoint: str | Path, device: str | None = None) -> RecommenderLike:
-    from model.serving import Recommender
+    from genrec.model.serving import Recommender
 
     return Recommender.from_checkpoint(checkpoint, device=device)
 
@@ -62,7 +62,7 @@ def load_version(path: str | Path, expected_sha256: str | None = None, expected_
     """A model version ready to serve, or an exception: loaded and hash-checked (model.checkpoint), the version
     the caller expects, and past its test inference (`probe`). Runs where the model will serve: on the thread
     runner's side, or in the inference child."""
-    from model.serving import Recommender
+    from genrec.model.serving import Recommender
 
     rec = Recommender.from_checkpoint(path, device=device, expected_sha256=expected_sha256)
     if expected_version is not None and rec.version != expected_version:

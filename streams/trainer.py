@@ -27,24 +27,23 @@ from typing import Any
 
 import numpy as np
 from faust.types import EventT, StreamT
+from genrec.model.checkpoint import load_checkpoint, resolve_in_store
+from genrec.model.config import TrainConfig
+from genrec.model.online import OnlineConfig, OnlineLearner, make_example
+from genrec.model.store import ModelStore
+from genrec.model.tokens import History, action_from_event
+from genrec.model.vocab import grow_items, grow_popularity, new_item_text, valid_item_id
+from genrec.schemas.messages import Event, EventType, ModelVersion, RecResult, decode
+from genrec.streams import history_codec, recovery_watch
+from genrec.streams.app import KafkaOutput
+from genrec.streams.app_builder import build_faust_app, install_pages, raw_topic, state_table
+from genrec.streams.metrics import CONTENT_TYPE, install_faust_sensors
+from genrec.streams.models import MODEL_KEY, ModelsTopicTable, PublishingSwitch, publish_version, version_message
+from genrec.streams.settings import StreamSettings
 from mode import Service
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from model.checkpoint import load_checkpoint, resolve_in_store
-from model.config import TrainConfig
-from model.online import OnlineConfig, OnlineLearner, make_example
-from model.store import ModelStore
-from model.tokens import History, action_from_event
-from model.vocab import grow_items, grow_popularity, new_item_text, valid_item_id
-from schemas.messages import Event, EventType, ModelVersion, RecResult, decode
-from streams import history_codec, recovery_watch
-from streams.app import KafkaOutput
-from streams.app_builder import build_faust_app, install_pages, raw_topic, state_table
-from streams.metrics import CONTENT_TYPE, install_faust_sensors
-from streams.models import MODEL_KEY, ModelsTopicTable, PublishingSwitch, publish_version, version_message
-from streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)
 

@@ -36,11 +36,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message, ServiceT
 from faust.types.tuples import ack_lock
 from faust.web import drivers as web_drivers
+from genrec.streams import group_handoff
+from genrec.streams.checkpoint import Checkpoint, commit_floor, discard_unconfirmed_state, holds_commit, reread_from
 from mode.utils.futures import notify
 from mode.utils.queues import ThrowableQueue
-
-from streams import group_handoff
-from streams.checkpoint import Checkpoint, commit_floor, discard_unconfirmed_state, holds_commit, reread_from
 
 __all__ = ["GenrecFaustApp"]
 

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.errors import KafkaError
-
-from streams import broker_kind, group_handoff, logs, web_port
-from streams.settings import StreamSettings
+from genrec.streams import broker_kind, group_handoff, logs, web_port
+from genrec.streams.settings import StreamSettings
 
 log = logging.getLogger("genrec.worker")
 
@@ -130,11 +129,10 @@ def run_worker(settings: StreamSettings) -> int:
     log.info("settings: %s", settings.safe_dump())
 
     import faust
-
-    from streams.app import GenrecWorker
+    from genrec.streams.app import GenrecWorker
 
     if settings.role == "trainer":
-        from streams.trainer import GenrecTrainer
+        from genrec.streams.trainer import GenrecTrainer
 
         worker: Any = GenrecTrainer(settings)
     else:

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from ops.broker import BrokerProcess, EmbeddedBroker
-    from ops.kafka_broker import KafkaBroker
+    from genrec.ops.broker import BrokerProcess, EmbeddedBroker
+    from genrec.ops.kafka_broker import KafkaBroker
 
 # GENREC_TEST_KAFKA: unset, the representative set runs on Apache Kafka too (`@both_brokers`); "all", also
 # the long tests marked `@both_brokers_full`; "0", nothing on Kafka (e.g. a quick local run).
@@ -73,7 +73,7 @@ def broker() -> Iterator[EmbeddedBroker]:
 
 def require_broker_binary() -> None:
     """Skip the calling test when the Tansu binary is not installed (for tests whose code starts brokers)."""
-    from ops.broker import BrokerBinaryNotFoundError, tansu_binary
+    from genrec.ops.broker import BrokerBinaryNotFoundError, tansu_binary
 
     try:
         tansu_binary()
@@ -92,7 +92,7 @@ def process_alive(pid: int) -> bool:
 
 def new_embedded_broker(**kwargs: object) -> EmbeddedBroker:
     """An (unstarted) Tansu broker, or a skip of the calling test when the binary is not installed."""
-    from ops.broker import EmbeddedBroker
+    from genrec.ops.broker import EmbeddedBroker
 
     require_broker_binary()
     return EmbeddedBroker(**kwargs)  # type: ignore[arg-type]
@@ -111,7 +111,7 @@ def require_kafka() -> None:
     """
     if os.environ.get(KAFKA_ENV) == "0":
         pytest.skip(f"Apache Kafka tests disabled ({KAFKA_ENV}=0)")
-    from ops.kafka_broker import KafkaUnavailableError, find_java, kafka_libs
+    from genrec.ops.kafka_broker import KafkaUnavailableError, find_java, kafka_libs
 
     try:
         find_java()
@@ -126,7 +126,7 @@ def new_kafka_broker(**kwargs: object) -> KafkaBroker:
     Tests run the JVM with its C1 compiler only: ~0.5 s less per start on 2 cores, and no C2 compiler
     threads competing with the workers under test; the broker is never the bottleneck of a test.
     """
-    from ops.kafka_broker import DEFAULT_JVM_OPTS, KafkaBroker
+    from genrec.ops.kafka_broker import DEFAULT_JVM_OPTS, KafkaBroker
 
     require_kafka()
     kwargs.setdefault("jvm_opts", [*DEFAULT_JVM_OPTS, "-XX:TieredStopAtLevel=1"])
@@ -165,7 +165,7 @@ def kafka_secure_broker() -> Iterator[KafkaBroker]:
     """
     import secrets
 
-    from ops.kafka_broker import KafkaUnavailableError
+    from genrec.ops.kafka_broker import KafkaUnavailableError
 
     password = os.environ.get(SECURE_PASSWORD_ENV) or secrets.token_hex(16)
     kafka = new_kafka_broker(security="sasl_ssl", scram_users={SECURE_USER: password})
@@ -231,7 +231,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     given = os.environ.get("GENREC_TEST_CHECKPOINT")
     if given:
         return Path(given)
-    from ops.bench_stream import genrec_command
+    from genrec.ops.bench_stream import genrec_command
 
     out = tmp_path_factory.mktemp("ckpt") / "synthetic"
     subprocess.run(
@@ -246,8 +246,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def end_offset(bootstrap: str, topic: str) -> int:
     """The end offset of `topic`'s partition 0, as a plaintext consumer reads it (the brokers' end-offset tests)."""
     from aiokafka import TopicPartition
-
-    from ops.kafka_clients import KafkaSecurity, make_consumer
+    from genrec.ops.kafka_clients import KafkaSecurity, make_consumer
 
     consumer = make_consumer(bootstrap, security=KafkaSecurity())
     await consumer.start()

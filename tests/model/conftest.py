@@ -7,10 +7,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-
-from model.config import ModelConfig
-from model.generative import GenerativeRecommender
-from model.tokens import Action, tokenize
+from genrec.model.config import ModelConfig
+from genrec.model.generative import GenerativeRecommender
+from genrec.model.tokens import Action, tokenize
 
 
 @pytest.fixture

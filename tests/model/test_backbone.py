@@ -6,9 +6,8 @@ from collections.abc import Callable
 
 import pytest
 import torch
-
-from model.generative import GenerativeRecommender
-from model.tokens import Kind
+from genrec.model.generative import GenerativeRecommender
+from genrec.model.tokens import Kind
 
 MakeBatch = Callable[..., dict[str, torch.Tensor]]
 
@@ -137,7 +136,7 @@ def test_every_candidate_path_matches_appending_it(
 
 
 def test_fused_candidate_attention_equals_the_reference_with_an_empty_history_row() -> None:
-    from model.backbone import LayerCache, additive_mask, candidate_attention, candidate_attention_fused
+    from genrec.model.backbone import LayerCache, additive_mask, candidate_attention, candidate_attention_fused
 
     g = torch.Generator().manual_seed(0)
     B, H, C, T, d = 3, 2, 5, 7, 8
@@ -159,7 +158,7 @@ def test_the_ranker_reads_the_retrieval_score_alike_in_training_and_serving(
     """rank_retrieval_feature and rank_item_bias: the teacher-forced logit of an item token (training) equals the
     logit of the same item scored as a candidate after the history before it (serving), and β·s(u, i) + b_i is
     really in it."""
-    from model.config import ModelConfig
+    from genrec.model.config import ModelConfig
 
     assert isinstance(tiny_cfg, ModelConfig)
     torch.manual_seed(0)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from model.candidates import (
+from genrec.model.candidates import (
     build_candidates,
     candidate_ranking_loss,
     distillation_loss,
@@ -85,7 +84,7 @@ def test_distillation_is_zero_when_retrieval_agrees_and_trains_retrieval_only() 
 
 
 def test_paired_interval_excludes_zero_only_for_a_consistent_difference() -> None:
-    from model.stats import paired_interval
+    from genrec.model.stats import paired_interval
 
     a = [0.10, 0.11, 0.12, 0.13]
     consistent = paired_interval(a, [x - 0.01 for x in a])
@@ -103,10 +102,10 @@ def test_paired_interval_excludes_zero_only_for_a_consistent_difference() -> Non
 def test_item_text_features_join_the_id_embeddings_for_recommendation() -> None:
     """TrainConfig.item_text: frozen item-text vectors become a buffer of the model (self-contained checkpoints) and
     move the item representation; the hashed encoder keeps the test light."""
-    from model.config import TrainConfig
-    from model.data import synthetic_dataset
-    from model.search import item_text_vectors
-    from model.train import fit_and_test
+    from genrec.model.config import TrainConfig
+    from genrec.model.data import synthetic_dataset
+    from genrec.model.search import item_text_vectors
+    from genrec.model.train import fit_and_test
 
     ds = synthetic_dataset(n_users=40, n_items=30, events_per_user=12, seed=2)
     vecs = item_text_vectors(ds, None, "hashed")

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from genrec.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from genrec.model.config import TrainConfig
+from genrec.model.data import SequenceDataset, synthetic_dataset, train_popularity
+from genrec.model.evaluate import score_split
+from genrec.model.serving import Recommender
+from genrec.model.train import fit, model_config_for
 
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.config import TrainConfig
-from model.data import SequenceDataset, synthetic_dataset, train_popularity
-from model.evaluate import score_split
-from model.serving import Recommender
-from model.train import fit, model_config_for
 from tests.model.compare import joint_key, tie_groups
 
 
@@ -141,8 +141,8 @@ def test_cold_user_gets_popular_items_and_unknown_items_are_dropped(trained: tup
 def test_evaluation_leaves_seen_items_out_of_each_users_ranking(trained: tuple[SequenceDataset, Path]) -> None:
     """Each rank with seen items left out = the rank among all items less the user's seen items (other than the
     target) scored above the target, computed here from the full score rows."""
-    from model.batching import make_eval_batch
-    from model.data import eval_users, split_lengths
+    from genrec.model.batching import make_eval_batch
+    from genrec.model.data import eval_users, split_lengths
 
     ds, path = trained
     model = load_checkpoint(path).model.eval()
@@ -165,11 +165,11 @@ def test_evaluation_leaves_seen_items_out_of_each_users_ranking(trained: tuple[S
 def test_evaluation_measures_the_order_the_worker_serves(tmp_path: Path) -> None:
     """`genrec eval`'s served_* figures and the worker's lists come from one function (model.serving.served_order):
     for each user the target's position in Recommender.recommend's list is its served position in score_split."""
-    import model.evaluate
-    import model.serving
-    from model.data import eval_users, split_lengths
+    import genrec.model.evaluate
+    import genrec.model.serving
+    from genrec.model.data import eval_users, split_lengths
 
-    assert model.evaluate.served_order is model.serving.served_order
+    assert genrec.model.evaluate.served_order is genrec.model.serving.served_order
     ds = synthetic_dataset(n_users=80, n_items=60, events_per_user=25, seed=4)
     mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=25, rank_task="next",
                             rank_retrieval_feature=True, rank_item_bias=True)

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from genrec.model.config import TrainConfig
+from genrec.model.device import DeviceUnavailableError, autocast_dtype, inference_autocast, resolve_device
+from genrec.model.serving import Recommender
+from genrec.model.tokens import History
 from pydantic import ValidationError
-
-from model.config import TrainConfig
-from model.device import DeviceUnavailableError, autocast_dtype, inference_autocast, resolve_device
-from model.serving import Recommender
-from model.tokens import History
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 
@@ -125,8 +124,8 @@ def test_cuda_lists_match_the_cpu_lists(checkpoint: Path) -> None:
 
 @needs_cuda
 def test_training_runs_on_cuda() -> None:
-    from model.data import load_dataset
-    from model.train import fit_and_test
+    from genrec.model.data import load_dataset
+    from genrec.model.train import fit_and_test
 
     ds = load_dataset("synthetic", None)
     result, test = fit_and_test(ds, TrainConfig(epochs=1, min_epochs=1, device="cuda"), progress=False,

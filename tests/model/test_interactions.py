@@ -7,11 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from model.data import load_dataset, load_item_meta
-from model.interactions import (
+from genrec.model.data import load_dataset, load_item_meta
+from genrec.model.interactions import (
     MS_THRESHOLD,
     InteractionsError,
     InteractionsLimits,
@@ -19,9 +16,11 @@ from model.interactions import (
     read_items_csv,
     write_interactions_csv,
 )
-from model.queries import item_text
-from model.tokens import Action
-from schemas.messages import MAX_ID_LEN
+from genrec.model.queries import item_text
+from genrec.model.tokens import Action
+from genrec.schemas.messages import MAX_ID_LEN
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 # Any text a producer could send as an id: no lone surrogates (not UTF-8), no surrounding whitespace (the schemas
 # strip it), not blank, within the schemas' bound.
@@ -183,7 +182,7 @@ def test_the_built_dataset_matches_the_leave_one_out_split(tmp_path: Path) -> No
 
 
 def test_search_queries_come_from_items_csv_and_their_noise_from_its_own_categories(tmp_path: Path) -> None:
-    from model.search import search_data_for
+    from genrec.model.search import search_data_for
 
     rows = [(f"u{u}", f"s{(u + k) % 6}", 1_650_000_000 + k, "click", None) for u in range(8) for k in range(6)]
     write_interactions_csv(tmp_path / "interactions.csv", rows)

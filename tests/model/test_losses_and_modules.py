@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-
-from model.config import WeighterConfig
-from model.losses import full_softmax_nce, info_nce, log_sampling_prob, ranking_loss, sample_negatives
-from model.weighting import AdaptiveWeighter
+from genrec.model.config import WeighterConfig
+from genrec.model.losses import full_softmax_nce, info_nce, log_sampling_prob, ranking_loss, sample_negatives
+from genrec.model.weighting import AdaptiveWeighter
 
 
 def test_weighter_moves_weight_toward_the_slower_descending_loss() -> None:

@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
-from model.data import SequenceDataset
-from model.metrics import auc, gauc, ranking_metrics, target_ranks
+from genrec.model.data import SequenceDataset
+from genrec.model.metrics import auc, gauc, ranking_metrics, target_ranks
 
 
 def test_target_ranks_count_strictly_better_items() -> None:
@@ -44,7 +43,7 @@ def _two_users() -> SequenceDataset:
 
 
 def test_popularity_leaves_each_users_seen_items_out_of_the_ranking_by_hand() -> None:
-    from model.baselines import evaluate_popularity
+    from genrec.model.baselines import evaluate_popularity
 
     # Test histories a=[1,2,3] → 4, b=[1,2,5] → 3; counts 1:2 2:2 3:1 5:1 4:0 (ties: lower index first).
     # Seen items ranked too: a's 4 is 5th (rank 4), b's 3 is 3rd (rank 2).

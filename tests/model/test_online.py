@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from model.config import ModelConfig, TrainConfig
-from model.generative import GenerativeRecommender
-from model.online import (
+from genrec.model.config import ModelConfig, TrainConfig
+from genrec.model.generative import GenerativeRecommender
+from genrec.model.online import (
     OnlineConfig,
     OnlineExample,
     OnlineLearner,
@@ -20,8 +19,8 @@ from model.online import (
     make_example,
     make_online_batch,
 )
-from model.store import ModelStore
-from model.tokens import Action, History, Kind
+from genrec.model.store import ModelStore
+from genrec.model.tokens import Action, History, Kind
 
 
 def _cfg(n_items: int = 50) -> ModelConfig:
@@ -155,7 +154,7 @@ def test_state_weighter_and_optimizer_survive_a_restart(tmp_path: Path) -> None:
     loaded = store.load_trainer_state()
     assert loaded is not None
     weights_dir, state, opt = loaded
-    from model.checkpoint import load_checkpoint
+    from genrec.model.checkpoint import load_checkpoint
 
     fresh.model.load_state_dict(load_checkpoint(weights_dir).model.state_dict())
     fresh.load_state_dict(state)
@@ -178,8 +177,8 @@ def test_state_weighter_and_optimizer_survive_a_restart(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_short_online_run_on_ml100k_changes_weights_and_stays_finite(data_dir: Path) -> None:
-    from model.data import load_dataset
-    from ops.replay import dataset_events
+    from genrec.model.data import load_dataset
+    from genrec.ops.replay import dataset_events
 
     torch.set_num_threads(1)
     ds = load_dataset("ml-100k", data_dir)

@@ -7,10 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from model.queries import (
+from genrec.model.queries import (
     MOVIELENS_GENRES,
     ItemMeta,
     amazon_item_meta,
@@ -21,6 +18,8 @@ from model.queries import (
     movielens_item_meta,
     title_words,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 DATA_DIR = Path(os.environ.get("GENREC_DATA_DIR", Path(__file__).parents[2].parent / "shared" / "data"))
 

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from genrec.model.batching import make_train_batch
+from genrec.model.checkpoint import save_checkpoint
+from genrec.model.config import TrainConfig
+from genrec.model.data import SequenceDataset, load_item_meta, split_lengths, synthetic_dataset, train_popularity
+from genrec.model.search import SearchData, build_search_data, text_only_ranks
+from genrec.model.serving import Recommender
+from genrec.model.text import MAX_QUERY_CHARS, make_text_encoder
+from genrec.model.tokens import Kind, tokenize
+from genrec.model.train import fit_and_test
 
-from model.batching import make_train_batch
-from model.checkpoint import save_checkpoint
-from model.config import TrainConfig
-from model.data import SequenceDataset, load_item_meta, split_lengths, synthetic_dataset, train_popularity
-from model.search import SearchData, build_search_data, text_only_ranks
-from model.serving import Recommender
-from model.text import MAX_QUERY_CHARS, make_text_encoder
-from model.tokens import Kind, tokenize
-from model.train import fit_and_test
 from tests.model.compare import tie_groups
 
 

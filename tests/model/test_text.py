@@ -12,11 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from model import text as text_mod
-from model.text import (
+from genrec.model import text as text_mod
+from genrec.model.text import (
     MAX_QUERY_CHARS,
     HashedNgramEncoder,
     MiniLMEncoder,
@@ -27,6 +24,8 @@ from model.text import (
     make_text_encoder,
     measure_encoding_cost,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 STAR_WARS = "Star Wars (1977). Genres: Action, Adventure, Romance, Sci-Fi, War"
 ROMCOM = "Sleepless in Seattle (1993). Genres: Comedy, Romance"

@@ -8,14 +8,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
-from model.batching import make_train_batch
-from model.config import CandidateConfig, EnhancerConfig, TrainConfig
-from model.data import split_lengths, synthetic_dataset
-from model.evaluate import eval_users
-from model.generative import GenerativeRecommender
-from model.tokens import Action
-from model.train import Trainer, fit, model_config_for, plateau_scheduler
+from genrec.model.batching import make_train_batch
+from genrec.model.config import CandidateConfig, EnhancerConfig, TrainConfig
+from genrec.model.data import split_lengths, synthetic_dataset
+from genrec.model.evaluate import eval_users
+from genrec.model.generative import GenerativeRecommender
+from genrec.model.tokens import Action
+from genrec.model.train import Trainer, fit, model_config_for, plateau_scheduler
 
 
 def _opt(lr: float = 1.0) -> torch.optim.Optimizer:
@@ -86,7 +85,7 @@ def test_full_softmax_joint_training_with_candidates_and_the_enhancer_learns() -
 
 
 def test_checkpoint_selection_weighs_both_tasks_for_a_joint_model() -> None:
-    from model.train import selection_metric, selection_score
+    from genrec.model.train import selection_metric, selection_score
 
     with_auc = {"ndcg@10": 0.1, "auc": 0.8}
     assert selection_metric("auto", "ranking", with_auc) == "auc"
@@ -161,7 +160,7 @@ def test_milestones_step_the_learning_rate_after_the_listed_epochs() -> None:
 
 def _spy_batch_lengths(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     """The `lengths` (input window ends) of every training batch `fit` makes from now on."""
-    import model.train as train_mod
+    from genrec.model import train as train_mod
 
     seen: list[np.ndarray] = []
     real_batch = train_mod.make_train_batch
@@ -175,7 +174,7 @@ def _spy_batch_lengths(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
 
 
 def test_refit_trains_on_the_validation_target_and_never_validates(monkeypatch: pytest.MonkeyPatch) -> None:
-    import model.train as train_mod
+    from genrec.model import train as train_mod
 
     ds = synthetic_dataset(n_users=40, n_items=30, events_per_user=12, seed=3)
     mcfg = model_config_for(ds, d_model=16, n_layers=1, n_heads=2, max_events=12)
@@ -206,7 +205,7 @@ def test_a_normal_run_never_trains_on_the_validation_target(monkeypatch: pytest.
 
 
 def test_refit_schedule_reads_the_epochs_and_lr_steps_up_to_the_best_epoch() -> None:
-    from model.train import refit_schedule
+    from genrec.model.train import refit_schedule
 
     lrs = [3e-3] * 30 + [9e-4] * 7 + [2.7e-4] * 6 + [8.1e-5] * 4
     history = [{"epoch": i + 1, "lr": lr} for i, lr in enumerate(lrs)]
@@ -220,7 +219,7 @@ def test_refit_schedule_reads_the_epochs_and_lr_steps_up_to_the_best_epoch() -> 
         refit_schedule(history, 60)
     # What it returns is a valid config, and its milestones reproduce the LRs it read.
     cfg = TrainConfig(**{k: v for k, v in refit_schedule(history, 39).items()})  # type: ignore[arg-type]
-    from model.train import milestone_scheduler
+    from genrec.model.train import milestone_scheduler
 
     opt = _opt(cfg.lr)
     sched = milestone_scheduler(opt, cfg)

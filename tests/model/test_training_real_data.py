@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from model.baselines import evaluate_popularity
-from model.config import TrainConfig
-from model.data import load_dataset
-from model.train import fit_and_test
+from genrec.model.baselines import evaluate_popularity
+from genrec.model.config import TrainConfig
+from genrec.model.data import load_dataset
+from genrec.model.train import fit_and_test
 
 
 @pytest.mark.slow

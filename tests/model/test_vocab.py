@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from model.checkpoint import load_checkpoint, save_checkpoint, version_sha256
-from model.config import ModelConfig, TrainConfig
-from model.generative import GenerativeRecommender
-from model.online import OnlineConfig, OnlineLearner, make_example
-from model.serving import Recommender
-from model.tokens import Action, History
-from model.vocab import ITEM_TABLES, grow_items, grow_popularity, new_item_rows, new_item_text
+from genrec.model.checkpoint import load_checkpoint, save_checkpoint, version_sha256
+from genrec.model.config import ModelConfig, TrainConfig
+from genrec.model.generative import GenerativeRecommender
+from genrec.model.online import OnlineConfig, OnlineLearner, make_example
+from genrec.model.serving import Recommender
+from genrec.model.tokens import Action, History
+from genrec.model.vocab import ITEM_TABLES, grow_items, grow_popularity, new_item_rows, new_item_text
 
 N, M = 50, 7
 
@@ -161,7 +160,7 @@ def test_online_learner_grows_between_rounds_and_trains_on_the_new_items() -> No
 
 
 def test_new_item_text_comes_from_items_csv(tmp_path: Path) -> None:
-    from model.text import make_text_encoder
+    from genrec.model.text import make_text_encoder
 
     csv = tmp_path / "items.csv"
     csv.write_text("item_id,title,text,categories\nnew0,Red Lipstick,a bold matte red,Makeup|Lips\nnew2,,,\n")

@@ -77,10 +77,9 @@ def family(sample: str) -> str:
 
 def _label_names() -> dict[str, set[str]]:
     """{family: label names} of the worker's and the trainer's metrics (declared ones, so also before a sample)."""
+    from genrec.streams.metrics import WorkerMetrics
+    from genrec.streams.trainer import TrainerMetrics
     from prometheus_client.metrics import MetricWrapperBase
-
-    from streams.metrics import WorkerMetrics
-    from streams.trainer import TrainerMetrics
 
     worker = WorkerMetrics()
     worker.add_lag_source(lambda: [("genrec.requests", 0, 3)])

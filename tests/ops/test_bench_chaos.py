@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from genrec.ops.bench_chaos import latency_summary, parse_env, request_latencies, summarize
+from genrec.ops.chaos import Replay, Topics, history_errors
+from genrec.streams import history_codec
 
-from ops.bench_chaos import latency_summary, parse_env, request_latencies, summarize
-from ops.chaos import Replay, Topics, history_errors
-from streams import history_codec
 from tests.conftest import require_broker_binary
 
 KEYS = {
@@ -38,7 +38,7 @@ def test_one_run_kills_before_the_first_commit_and_loses_nothing(checkpoint: Pat
     cmd = [
         sys.executable,
         "-m",
-        "ops.cli",
+        "genrec.ops.cli",
         "bench",
         "chaos",
         "--runs",

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from model.data import synthetic_dataset
-from ops.bench_online import (
+from genrec.model.data import synthetic_dataset
+from genrec.ops.bench_online import (
     global_order,
     ndcg_hr,
     prefix_dataset,
@@ -22,7 +21,8 @@ from ops.bench_online import (
     seen_vocabulary,
     summarize,
 )
-from ops.bench_stream import genrec_command
+from genrec.ops.bench_stream import genrec_command
+
 from tests.conftest import process_alive, require_broker_binary
 
 
@@ -110,7 +110,7 @@ def test_short_prequential_run_through_the_broker(tmp_path: Path) -> None:
 
 
 def test_paired_difference_interval() -> None:
-    from ops.bench_online import paired_diff_ci
+    from genrec.ops.bench_online import paired_diff_ci
 
     rng = np.random.default_rng(1)
     a = rng.random(400)

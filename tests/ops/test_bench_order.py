@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from model.checkpoint import load_checkpoint
-from model.data import synthetic_dataset
-from model.serving import Recommender
-from model.tokens import Action, History
-from ops.bench_online import global_order, restrict_users, starting_model
-from ops.bench_order import ORDERS, run_bench_order
+from genrec.model.checkpoint import load_checkpoint
+from genrec.model.data import synthetic_dataset
+from genrec.model.serving import Recommender
+from genrec.model.tokens import Action, History
+from genrec.ops.bench_online import global_order, restrict_users, starting_model
+from genrec.ops.bench_order import ORDERS, run_bench_order
 
 
 @pytest.mark.slow

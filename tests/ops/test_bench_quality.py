@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from ops.bench_quality import aggregate, markdown_table
+from genrec.ops.bench_quality import aggregate, markdown_table
 
 
 def _per_seed() -> dict[int, dict[str, dict[str, float]]]:
@@ -44,9 +43,9 @@ def test_table_shows_rows_and_paired_verdicts() -> None:
 
 
 def test_every_ablation_is_a_valid_config_that_changes_the_preset() -> None:
-    from model.config import ModelConfig, TrainConfig
-    from model.presets import preset
-    from ops.bench_quality import ABLATIONS, _merge
+    from genrec.model.config import ModelConfig, TrainConfig
+    from genrec.model.presets import preset
+    from genrec.ops.bench_quality import ABLATIONS, _merge
 
     base = preset("ml-100k")
     for name, (t_over, m_over) in ABLATIONS.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ops.bench_stream import (
+from genrec.ops.bench_stream import (
     KAFKA_SECTION_END,
     KAFKA_SECTION_START,
     SECTION_END,

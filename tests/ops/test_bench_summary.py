@@ -1,11 +1,11 @@
-"""`python -m ops.bench_summary`: BENCHMARKS.md's summary table, generated from docs/bench/*.json."""
+"""`python -m genrec.ops.bench_summary`: BENCHMARKS.md's summary table, generated from docs/bench/*.json."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ops.bench_summary import END, START, main
+from genrec.ops.bench_summary import END, START, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,11 +117,12 @@ def test_without_quality_json_the_table_lists_what_exists(tmp_path: Path) -> Non
 
 def test_the_committed_benchmarks_md_is_current_with_the_committed_json() -> None:
     assert main(["--check", "--benchmarks", str(ROOT / "BENCHMARKS.md"), "--bench-dir",
-                 str(ROOT / "docs" / "bench")]) == 0, "run `python -m ops.bench_summary` and commit BENCHMARKS.md"
+                 str(ROOT / "docs" / "bench")]) == 0, \
+        "run `python -m genrec.ops.bench_summary` and commit BENCHMARKS.md"
 
 
 def test_a_chaos_soak_gets_a_row_with_its_losses_and_recovery() -> None:
-    from ops.bench_summary import chaos_line
+    from genrec.ops.bench_summary import chaos_line
 
     result = {"runs": 2, "kills": 4, "requests": 100, "events": 90, "lost_requests": 0, "lost_events": 1,
               "duplicated_events": 0, "settings": {"rate": 80.0, "broker": "kafka"},

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
-
-from ops.broker import BrokerStartError, EmbeddedBroker, free_port, tansu_binary, terminate_process
-from ops.kafka_clients import KafkaSecurity, fetch_cluster_info, make_consumer, make_producer
+from genrec.ops.broker import BrokerStartError, EmbeddedBroker, free_port, tansu_binary, terminate_process
+from genrec.ops.kafka_clients import KafkaSecurity, fetch_cluster_info, make_consumer, make_producer
 
 pytestmark = pytest.mark.integration
 

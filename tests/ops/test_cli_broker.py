@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from genrec.ops.broker import free_port
+from genrec.ops.kafka_clients import KafkaSecurity, fetch_cluster_info
 
-from ops.broker import free_port
-from ops.kafka_clients import KafkaSecurity, fetch_cluster_info
 from tests.conftest import require_kafka
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import typer
+from genrec.ops import cli_model
 from typer.testing import CliRunner
-
-from ops import cli_model
 
 
 def _app() -> typer.Typer:

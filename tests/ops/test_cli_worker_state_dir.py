@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from genrec.ops.cli import _register, app
 from typer.testing import CliRunner
-
-from ops.cli import _register, app
 
 _register()
 

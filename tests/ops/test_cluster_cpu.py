@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from ops.cluster import cpu_seconds
+from genrec.ops.cluster import cpu_seconds
 
 
 def test_a_busy_child_counts_for_its_idle_parent() -> None:

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 import typer
 import yaml
-
-from ops import cli_infra, cli_model
+from genrec.ops import cli_infra, cli_model
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.kafka.yml"
@@ -249,7 +248,7 @@ def test_no_data_folder_is_needed_the_first_model_trains_on_generated_data(servi
     train = typer.main.get_command(app).commands["train"]
     ctx = train.make_context("train", train_args)  # an unknown flag or a bad value raises
     assert ctx.params["dataset"] == "synthetic"
-    from model.data import load_dataset
+    from genrec.model.data import load_dataset
 
     assert len(load_dataset("synthetic", None).item_ids) > 0  # what it trains on: no files
     for svc in ("worker", "trainer"):

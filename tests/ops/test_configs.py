@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from model.config import ModelConfig
-from ops.cli_model import load_run_config
+from genrec.model.config import ModelConfig
+from genrec.ops.cli_model import load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FILES = sorted(CONFIGS.rglob("*.json"))

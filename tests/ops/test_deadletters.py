@@ -12,11 +12,11 @@ import uuid
 from typing import Any
 
 import pytest
+from genrec.ops.cli import _register, app
+from genrec.ops.deadletters import list_dead_letters, redrive
+from genrec.schemas import REDRIVE_HEADER, dead_letter, encode
 from typer.testing import CliRunner
 
-from ops.cli import _register, app
-from ops.deadletters import list_dead_letters, redrive
-from schemas import REDRIVE_HEADER, dead_letter, encode
 from tests.conftest import both_brokers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -31,13 +31,13 @@ def _names() -> dict[str, str]:
 
 
 async def _create(bootstrap: str, names: dict[str, str]) -> None:
-    from ops.topics import TopicSpec, create_topics
+    from genrec.ops.topics import TopicSpec, create_topics
 
     await create_topics(bootstrap, [TopicSpec(n, 2) for n in names.values()])
 
 
 async def _produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]]) -> None:
-    from ops.kafka_clients import make_producer
+    from genrec.ops.kafka_clients import make_producer
 
     p = make_producer(bootstrap, one_record_batches=True, acks="all")
     await p.start()
@@ -49,7 +49,7 @@ async def _produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes 
 
 
 async def _read_all(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list[Any]:
-    from ops.kafka_clients import make_consumer
+    from genrec.ops.kafka_clients import make_consumer
 
     c = make_consumer(bootstrap, topic)
     await c.start()

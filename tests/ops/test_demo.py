@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from ops.bench_stream import genrec_command
-from ops.demo import (
+from genrec.ops.bench_stream import genrec_command
+from genrec.ops.demo import (
     Outcome,
     Sent,
     describe_quality,
@@ -33,6 +32,7 @@ from ops.demo import (
     seen_before_window,
     slice_now_ms,
 )
+
 from tests.conftest import process_alive, require_broker_binary
 
 TINY = ["--epochs", "1", "--events", "300", "--requests", "20", "--threads", "1"]
@@ -161,7 +161,7 @@ def test_cold_start_is_a_list_without_retrieval_scores() -> None:
 
 
 def test_slice_now_puts_the_slice_end_at_now() -> None:
-    from ops.replay import dataset_events
+    from genrec.ops.replay import dataset_events
 
     ds = SimpleNamespace(
         name="t",
@@ -191,9 +191,8 @@ def test_quality_verdict_follows_the_numbers() -> None:
 
 def test_worker_threads_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import typer
+    from genrec.ops import cli_stream
     from typer.testing import CliRunner
-
-    from ops import cli_stream
 
     app, bench_app = typer.Typer(), typer.Typer()
     app.add_typer(bench_app, name="bench")
@@ -204,7 +203,7 @@ def test_worker_threads_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatc
         seen["settings"] = settings
         return 0
 
-    monkeypatch.setattr("streams.worker.run_worker", fake_run_worker)
+    monkeypatch.setattr("genrec.streams.worker.run_worker", fake_run_worker)
     runner = CliRunner()
     ok = runner.invoke(app, ["worker", "--checkpoint", str(tmp_path), "--threads", "2"])
     assert ok.exit_code == 0, ok.output

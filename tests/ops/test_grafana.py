@@ -36,9 +36,8 @@ def exported_by_worker_and_trainer() -> set[str]:
     import os
 
     import faust
-
-    from streams.metrics import WorkerMetrics, install_faust_sensors
-    from streams.trainer import TrainerMetrics
+    from genrec.streams.metrics import WorkerMetrics, install_faust_sensors
+    from genrec.streams.trainer import TrainerMetrics
 
     worker = WorkerMetrics()
     worker.add_lag_source(lambda: [("genrec.requests", 0, 3)])

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from ops.broker import BrokerStartError
-from ops.kafka_broker import (
+from genrec.ops.broker import BrokerStartError
+from genrec.ops.kafka_broker import (
     BROKER_USER,
     KafkaBroker,
     KafkaUnavailableError,
@@ -32,8 +31,9 @@ from ops.kafka_broker import (
     kafka_version,
     make_test_certificates,
 )
-from ops.kafka_clients import KafkaSecurity, fetch_cluster_info, make_consumer, make_producer
-from ops.topics import TopicSpec, create_topics
+from genrec.ops.kafka_clients import KafkaSecurity, fetch_cluster_info, make_consumer, make_producer
+from genrec.ops.topics import TopicSpec, create_topics
+
 from tests.conftest import both_brokers, end_offset, new_kafka_broker, process_alive, require_kafka
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
@@ -184,7 +184,7 @@ def test_cli_reports_missing_java_and_exits_1(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
     env["PATH"] = str(Path(sys.executable).parent)  # python only
     result = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "broker", "--kind", "kafka", "--port", "0"],
+        [sys.executable, "-m", "genrec.ops.cli", "broker", "--kind", "kafka", "--port", "0"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -208,7 +208,7 @@ def test_two_processes_fetch_the_jars_once(tmp_path: Path) -> None:
     env = {**os.environ, "GENREC_KAFKA_CACHE": str(tmp_path / "cache")}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "ops.kafka_broker", "fetch"],
+            [sys.executable, "-m", "genrec.ops.kafka_broker", "fetch"],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -232,7 +232,7 @@ async def test_topic_partitions_reads_the_broker_not_the_consumers_stale_view(
 ) -> None:
     """`consumer.topics()` + `partitions_for_topic()` found no partitions on Apache Kafka (while Tansu's
     bootstrap answer listed every topic): `genrec models list` and `genrec deadletters` then read nothing."""
-    from ops.kafka_clients import topic_partitions
+    from genrec.ops.kafka_clients import topic_partitions
 
     topic = f"parts-{broker_kind}-{time.monotonic_ns()}"
     await create_topics(any_bootstrap, [TopicSpec(topic, 3)], security=PLAIN)

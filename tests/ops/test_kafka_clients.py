@@ -10,8 +10,7 @@ import uuid
 
 import pytest
 from aiokafka import TopicPartition
-
-from ops.kafka_clients import (
+from genrec.ops.kafka_clients import (
     FAST_FETCH_MAX_WAIT_MS,
     KafkaConfigError,
     KafkaSecurity,
@@ -21,7 +20,8 @@ from ops.kafka_clients import (
     make_producer,
     wait_for_kafka,
 )
-from ops.topics import TopicSpec, create_topics
+from genrec.ops.topics import TopicSpec, create_topics
+
 from tests.conftest import end_offset
 
 PLAIN = KafkaSecurity()
@@ -197,7 +197,7 @@ def test_inconsistent_security_settings_are_refused(env: dict[str, str], message
 @pytest.mark.integration
 async def test_waiting_for_a_cluster_tries_every_bootstrap_address(bootstrap: str) -> None:
     # A three-broker bootstrap list whose first broker is down: the cluster still answers through the others.
-    from ops.broker import free_port
+    from genrec.ops.broker import free_port
 
     down = f"127.0.0.1:{free_port()}"
     t0 = time.monotonic()

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from genrec.model.data import synthetic_dataset
+from genrec.model.interactions import load_interactions, write_interactions_csv
+from genrec.model.tokens import Action
+from genrec.ops.cli import _register, app
+from genrec.schemas.messages import Event, EventType, encode
 from typer.testing import CliRunner
 
-from model.data import synthetic_dataset
-from model.interactions import load_interactions, write_interactions_csv
-from model.tokens import Action
-from ops.cli import _register, app
-from schemas.messages import Event, EventType, encode
 from tests.conftest import both_brokers
 
 _register()
@@ -38,7 +38,7 @@ def _own_file(out: Path, users: int = 40) -> list[tuple[str, str, int, str, floa
 
 @pytest.mark.slow
 def test_train_and_eval_on_your_own_file_report_the_popular_floor(tmp_path: Path) -> None:
-    from model.baselines import evaluate_popularity
+    from genrec.model.baselines import evaluate_popularity
 
     rows = _own_file(tmp_path)
     assert 200 <= len(rows) <= 600
@@ -78,8 +78,8 @@ def test_a_broken_file_is_a_usage_error_naming_the_line(tmp_path: Path) -> None:
 
 
 async def _send(bootstrap: str, topic: str, values: list[tuple[bytes, bytes | None]]) -> None:
-    from ops.kafka_clients import make_producer
-    from ops.replay import ReplayItem, replay
+    from genrec.ops.kafka_clients import make_producer
+    from genrec.ops.replay import ReplayItem, replay
 
     p = make_producer(bootstrap, one_record_batches=True, acks="all")
     await p.start()
@@ -95,8 +95,8 @@ async def _send(bootstrap: str, topic: str, values: list[tuple[bytes, bytes | No
 @both_brokers
 def test_export_events_round_trips_the_topic_into_a_file_the_loader_reads(any_bootstrap: str, tmp_path: Path) -> None:
     bootstrap = any_bootstrap
-    from ops.replay import dataset_events
-    from ops.topics import TopicSpec, create_topics
+    from genrec.ops.replay import dataset_events
+    from genrec.ops.topics import TopicSpec, create_topics
 
     src = tmp_path / "src"
     src.mkdir()
@@ -143,7 +143,7 @@ def test_bench_quality_takes_your_own_file_with_its_popular_row(tmp_path: Path) 
 
 
 def test_the_demo_refuses_a_broken_file_instead_of_generating_data(tmp_path: Path) -> None:
-    from ops.demo import DemoError, DemoOptions, _load_data
+    from genrec.ops.demo import DemoError, DemoOptions, _load_data
 
     (tmp_path / "interactions.csv").write_text("user_id,item_id\nu,i\n")
     opts = DemoOptions(data_dir=tmp_path, dataset="interactions", checkpoint=None, epochs=1, events=1, requests=1,

@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 import typer
+from genrec.ops import cli_infra
+from genrec.ops.kafka_clients import KafkaSecurity, make_admin
+from genrec.ops.topics import TopicNames, TopicSpec, create_topics, default_specs, describe_topics
 from typer.testing import CliRunner
 
-from ops import cli_infra
-from ops.kafka_clients import KafkaSecurity, make_admin
-from ops.topics import TopicNames, TopicSpec, create_topics, default_specs, describe_topics
 from tests.conftest import both_brokers
 
 PLAIN = KafkaSecurity()
@@ -133,7 +133,7 @@ def test_cli_create_and_describe(any_bootstrap: str) -> None:
 
 
 def test_cli_reports_an_unreachable_cluster_without_a_traceback() -> None:
-    from ops.broker import free_port
+    from genrec.ops.broker import free_port
 
     result = CliRunner().invoke(
         _app(), ["topics", "create", "--bootstrap", f"127.0.0.1:{free_port()}", "--wait", "0.5"]

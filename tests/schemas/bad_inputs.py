@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from schemas import MAX_ID_LEN, MAX_K, MAX_MESSAGE_BYTES, MAX_QUERY_LEN
+from genrec.schemas import MAX_ID_LEN, MAX_K, MAX_MESSAGE_BYTES, MAX_QUERY_LEN
 
 TS = 1_700_000_000_000
 YEAR_2200_MS = 7_258_118_400_000

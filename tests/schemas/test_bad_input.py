@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from schemas import (
+from genrec.schemas import (
     MAX_ID_LEN,
     MAX_K,
     MAX_QUERY_LEN,
@@ -21,7 +18,10 @@ from schemas import (
     decode,
     rejection,
 )
-from schemas.messages import MAX_ERROR_LEN
+from genrec.schemas.messages import MAX_ERROR_LEN
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.schemas.bad_inputs import (
     ACCEPTED_EVENTS,
     ACCEPTED_REQUESTS,
@@ -145,7 +145,7 @@ def test_near_valid_requests(changes: dict, drop: set) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=600))
 def test_a_dead_letter_keeps_the_raw_bytes_as_they_came(raw: bytes) -> None:
-    from schemas import DeadLetter, encode, truncate_raw
+    from genrec.schemas import DeadLetter, encode, truncate_raw
 
     dl = DeadLetter(source_topic="t", partition=0, offset=3, key=" k ", raw=truncate_raw(raw), error="x")
     back = decode(DeadLetter, encode(dl))
@@ -153,7 +153,7 @@ def test_a_dead_letter_keeps_the_raw_bytes_as_they_came(raw: bytes) -> None:
 
 
 def test_a_timestamp_far_ahead_of_the_clock_is_out_of_bounds() -> None:
-    from schemas import TimestampAhead, check_not_ahead
+    from genrec.schemas import TimestampAhead, check_not_ahead
 
     now = 1_800_000_000_000
     day = 86_400_000

@@ -6,10 +6,7 @@ import base64
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from schemas import (
+from genrec.schemas import (
     MAX_DEAD_LETTER_BYTES,
     MAX_MESSAGE_BYTES,
     REDRIVE_HEADER,
@@ -19,6 +16,8 @@ from schemas import (
     encode,
     redrive_count,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def _dl(**over: object) -> DeadLetter:

@@ -8,10 +8,9 @@ import re
 from pathlib import Path
 
 import typer
+from genrec.ops import cli_schemas
+from genrec.schemas.messages import ALL_MESSAGES, JSON_SCHEMA_DIALECT, decode, json_schema_files
 from typer.testing import CliRunner
-
-from ops import cli_schemas
-from schemas.messages import ALL_MESSAGES, JSON_SCHEMA_DIALECT, decode, json_schema_files
 
 REPO = Path(__file__).parents[2]
 COMMITTED = REPO / "schemas" / "json"

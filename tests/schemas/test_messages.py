@@ -6,11 +6,7 @@ import contextlib
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from pydantic import ValidationError
-
-from schemas import (
+from genrec.schemas import (
     MAX_K,
     MAX_MESSAGE_BYTES,
     MAX_QUERY_LEN,
@@ -24,6 +20,9 @@ from schemas import (
     json_schemas,
     rejection,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 TS = 1_700_000_000_000
 GOOD_EVENT = {"event_id": "e1", "user_id": "u1", "ts": TS, "type": "click", "item_id": "42"}

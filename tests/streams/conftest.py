@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from ops.chaos import FAST_GROUP_ENV, Topics, WorkerHandle, produce, read_until, values
+from genrec.ops.chaos import FAST_GROUP_ENV, Topics, WorkerHandle, produce, read_until, values
 
 __all__ = ["FAST_GROUP_ENV", "Topics", "WorkerHandle", "produce", "read_until", "values"]
 

@@ -8,9 +8,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ops.topics import COMPACT, TopicSpec, create_topics
-from schemas.messages import RecRequest
-from streams import history_codec
+from genrec.ops.topics import COMPACT, TopicSpec, create_topics
+from genrec.schemas.messages import RecRequest
+from genrec.streams import history_codec
+
 from tests.streams.conftest import FAST_GROUP_ENV, Topics
 
 PROBE_ITEMS = ("5", "17", "42", "99", "123")
@@ -29,7 +30,7 @@ class Prefilled:
 def prefill_history_changelog(bootstrap: str, app_prefix: str, n_users: int, now_ms: int) -> Prefilled:
     """Fresh topics and a compacted changelog of `n_users` one-event histories and the probe's five events,
     one record per produce batch: Faust's recovery trusts the broker's end offsets (docs/architecture.md, Brokers)."""
-    from ops.kafka_clients import make_producer
+    from genrec.ops.kafka_clients import make_producer
 
     partitions = int(FAST_GROUP_ENV["GENREC_PARTITIONS"])
     topics = Topics.unique()
@@ -66,7 +67,7 @@ def prefill_history_changelog(bootstrap: str, app_prefix: str, n_users: int, now
 
 def expected_items(checkpoint: Path, req: RecRequest, history: bytes) -> list[str]:
     """The list the same model gives, in this process, for `req` from `history`."""
-    from streams.serving import InferenceInput, InferenceRunner, load_recommender
+    from genrec.streams.serving import InferenceInput, InferenceRunner, load_recommender
 
     runner = InferenceRunner(load_recommender(checkpoint), torch_threads=1)
     try:

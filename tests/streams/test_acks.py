@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from genrec.streams.checkpoint import InOrderAcks
 from hypothesis import given
 from hypothesis import strategies as st
-
-from streams.checkpoint import InOrderAcks
 
 
 def _recorder(acked: list[tuple[str, int]], tp: str, n: int, yield_in_ack: bool = False):

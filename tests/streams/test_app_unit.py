@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from streams.settings import StreamSettings
+from genrec.streams.settings import StreamSettings
 
 
 @pytest.fixture
 def worker(tmp_path: Path):
-    from streams.app import GenrecWorker
+    from genrec.streams.app import GenrecWorker
 
     s = StreamSettings(
         bootstrap="127.0.0.1:1",
@@ -40,7 +39,7 @@ def test_topics_table_and_producer_settings(worker) -> None:
 
 async def test_worker_consumer_gets_the_configured_fetch_wait(worker) -> None:
     # aiokafka binds its consumer to the running loop: build it inside one (nothing connects yet).
-    from streams.transport import _ConsumerThread
+    from genrec.streams.transport import _ConsumerThread
 
     consumer = worker.app.consumer
     thread = consumer._new_consumer_thread()

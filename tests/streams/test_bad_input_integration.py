@@ -15,11 +15,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
-
-from ops.bench_stream import http_get
-from schemas.messages import (
+from genrec.ops.bench_stream import http_get
+from genrec.schemas.messages import (
     MAX_MESSAGE_BYTES,
     DeadLetter,
     Event,
@@ -31,7 +28,10 @@ from schemas.messages import (
     rejection,
     truncate_raw,
 )
-from streams import history_codec
+from genrec.streams import history_codec
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
 from tests.conftest import both_brokers_full
 from tests.schemas.bad_inputs import BAD_EVENTS, BAD_REQUESTS, good_event, good_request
 from tests.streams.conftest import WorkerHandle, produce, read_until, values

@@ -6,8 +6,7 @@ import asyncio
 import time
 
 import pytest
-
-from streams.batcher import BatcherClosedError, MicroBatcher
+from genrec.streams.batcher import BatcherClosedError, MicroBatcher
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from genrec.streams.broker_kind import kind_from_api_versions, resolve_kind
+from genrec.streams.settings import StreamSettings
 
-from streams.broker_kind import kind_from_api_versions, resolve_kind
-from streams.settings import StreamSettings
 from tests.conftest import both_brokers
 
 # The API keys each broker served when this was written (ApiVersions, read by aiokafka on connect).
@@ -56,7 +56,7 @@ def test_producer_profile_per_kind(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_faust_and_results_producers_follow_the_profile(tmp_path: Path) -> None:
-    from streams.app import GenrecWorker
+    from genrec.streams.app import GenrecWorker
 
     for kind, batch, idempotent in (("tansu", 64, False), ("kafka", 512 * 1024, True)):
         s = StreamSettings(broker_kind=kind, state_dir=tmp_path / kind, web_enabled=False)
@@ -74,7 +74,7 @@ async def test_faust_and_results_producers_follow_the_profile(tmp_path: Path) ->
 @pytest.mark.integration
 @both_brokers
 async def test_detected_on_a_live_broker(broker_kind: str, any_bootstrap: str) -> None:
-    from streams.worker import probe_cluster
+    from genrec.streams.worker import probe_cluster
 
     probe = await probe_cluster(StreamSettings(bootstrap=any_bootstrap))
     assert probe.api_versions

@@ -22,9 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from ops.bench_stream import wait_ready
-from ops.chaos import (
+from genrec.ops.bench_stream import wait_ready
+from genrec.ops.chaos import (
     PacedProducer,
     Replay,
     Topics,
@@ -34,8 +33,9 @@ from ops.chaos import (
     values,
     wait_histories,
 )
-from schemas.messages import RecResult
-from streams import history_codec
+from genrec.schemas.messages import RecResult
+from genrec.streams import history_codec
+
 from tests.conftest import both_brokers_full, new_embedded_broker, new_kafka_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -150,7 +150,7 @@ def own_broker(broker_kind: str) -> Iterator[object]:
 @pytest.mark.timeout(360)
 @both_brokers_full
 def test_broker_frozen_mid_stream_worker_waits_and_resumes(own_broker, checkpoint: Path, tmp_path: Path) -> None:
-    from ops.broker import BrokerProcess
+    from genrec.ops.broker import BrokerProcess
 
     broker: BrokerProcess = own_broker  # type: ignore[assignment]
     rng = random.Random(SEED)

@@ -10,8 +10,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
-from streams.checkpoint import (
+from genrec.streams.checkpoint import (
     UNCONFIRMED_MARKER,
     Checkpoint,
     InOrderAcks,

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
+from genrec.ops.chaos import Replay, WorkerHandle, produce, wait_histories
 
-from ops.chaos import Replay, WorkerHandle, produce, wait_histories
 from tests.streams.test_chaos import _check_exactly_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(360)]

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from genrec.schemas.messages import RecRequest, RecResult, encode
 
-from schemas.messages import RecRequest, RecResult, encode
 from tests.conftest import both_brokers
 from tests.streams.conftest import WorkerHandle, produce, read_until, values
 
@@ -35,14 +35,15 @@ def test_the_simulated_core_install_hides_every_extra_and_the_worker_still_impor
         "        pass\n"
         "    else:\n"
         "        sys.exit(f'{name} imported: the core-only path is not in effect')\n"
-        "import ops.cli as cli\n"
+        "import genrec.ops.cli as cli\n"
         "cli._register()\n"
-        "import streams.worker, streams.app, streams.inference_process, ops.kafka_clients, ops.topics\n"
-        "import model.serving, model.train, model.evaluate\n"
+        "import genrec.streams.worker, genrec.streams.app, genrec.streams.inference_process\n"
+        "import genrec.ops.kafka_clients, genrec.ops.topics\n"
+        "import genrec.model.serving, genrec.model.train, genrec.model.evaluate\n"
     )
     env = {**os.environ, **_core_only_env()}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
-    out = subprocess.run([sys.executable, "-m", "ops.cli", "worker", "--help"], env=env, check=True, timeout=120,
+    out = subprocess.run([sys.executable, "-m", "genrec.ops.cli", "worker", "--help"], env=env, check=True, timeout=120,
                          capture_output=True, text=True)
     assert "--device" in out.stdout
 

@@ -8,9 +8,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
-from schemas import REDRIVE_HEADER, DeadLetter, RecRequest, decode, encode
-from streams.settings import StreamSettings
+from genrec.schemas import REDRIVE_HEADER, DeadLetter, RecRequest, decode, encode
+from genrec.streams.settings import StreamSettings
 
 
 class _Output:
@@ -39,8 +38,8 @@ class _Store(dict):
 @pytest.fixture
 def worker(tmp_path: Path) -> Any:
     # The handlers (streams/handlers.py) decide what is dead-lettered; they need no broker.
-    from streams.handlers import IngestHandler, RequestHandler
-    from streams.metrics import WorkerMetrics
+    from genrec.streams.handlers import IngestHandler, RequestHandler
+    from genrec.streams.metrics import WorkerMetrics
 
     s = StreamSettings(bootstrap="127.0.0.1:1", state_dir=tmp_path, web_enabled=False)
     out, metrics = _Output(), WorkerMetrics()
@@ -49,7 +48,7 @@ def worker(tmp_path: Path) -> Any:
 
 
 async def test_a_rejected_record_is_dead_lettered_whole(worker: Any) -> None:
-    from streams.handlers import Record
+    from genrec.streams.handlers import Record
 
     raw = b'{"event_id": "e", "user_id": "u", "ts": "soon", "type": "click", "item_id": "1"}  '
     msg = SimpleNamespace(topic=worker.settings.events_topic, partition=2, offset=17, key=b"u", value=raw,
@@ -63,10 +62,10 @@ async def test_a_rejected_record_is_dead_lettered_whole(worker: Any) -> None:
 
 
 async def test_a_request_the_model_failed_on_is_dead_lettered_with_its_original_bytes(worker: Any) -> None:
-    from streams.handlers import Record
+    from genrec.streams.handlers import Record
 
     raw = b'{"request_id": "r", "user_id": "u", "ts": 1700000000000, "k": 3, "extra": true}'
-    from streams.handlers import partition_for
+    from genrec.streams.handlers import partition_for
 
     part = partition_for(b"u", worker.settings.partitions)  # on its key's partition, or it is re-published
     rec = Record(worker.settings.requests_topic, part, 9, b"u", raw, 1_700_000_000_000, [(REDRIVE_HEADER, b"1")])
@@ -84,7 +83,7 @@ async def test_a_request_the_model_failed_on_is_dead_lettered_with_its_original_
 
 
 def _decode_error(raw: bytes) -> Exception:
-    from schemas import Event
+    from genrec.schemas import Event
 
     try:
         decode(Event, raw)

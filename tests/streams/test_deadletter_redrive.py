@@ -12,10 +12,10 @@ import asyncio
 import time
 
 import pytest
+from genrec.ops.deadletters import redrive
+from genrec.schemas.messages import DeadLetter, Event, encode
+from genrec.streams import history_codec
 
-from ops.deadletters import redrive
-from schemas.messages import DeadLetter, Event, encode
-from streams import history_codec
 from tests.streams.conftest import WorkerHandle, produce, read_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]

@@ -13,9 +13,9 @@ import signal
 import time
 
 import pytest
+from genrec.ops.chaos import committed_offsets
+from genrec.schemas.messages import RecRequest, encode
 
-from ops.chaos import committed_offsets
-from schemas.messages import RecRequest, encode
 from tests.streams.conftest import FAST_GROUP_ENV, WorkerHandle, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -26,7 +26,7 @@ NOW = int(time.time() * 1000) - 3_600_000
 
 def _send_backlog(bootstrap: str, topic: str) -> dict[str, tuple[int, int]]:
     """request_id → (partition, offset) of N requests for 60 users, sent as fast as the producer goes."""
-    from ops.kafka_clients import make_producer
+    from genrec.ops.kafka_clients import make_producer
 
     async def main() -> dict[str, tuple[int, int]]:
         p = make_producer(bootstrap, one_record_batches=False, linger_ms=5)

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from genrec.streams import group_handoff
 
-from streams import group_handoff
 from tests.conftest import require_broker_binary
 
 
@@ -47,7 +47,7 @@ def test_an_unreachable_broker_only_costs_the_timeout(tmp_path: Path) -> None:
 GHOST = """
 import asyncio, sys
 from aiokafka import AIOKafkaConsumer
-from streams import group_handoff
+from genrec.streams import group_handoff
 from pathlib import Path
 
 async def main(bootstrap, topic, group, state):

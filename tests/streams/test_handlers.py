@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError
-
-from schemas.messages import DeadLetter, Event, RecRequest, RecResult, decode, encode
-from streams import history_codec
-from streams.handlers import (
+from genrec.schemas.messages import DeadLetter, Event, RecRequest, RecResult, decode, encode
+from genrec.streams import history_codec
+from genrec.streams.handlers import (
     SOURCE_HEADER,
     Attempts,
     IngestHandler,
@@ -31,9 +30,9 @@ from streams.handlers import (
     dead_letter_poison,
     partition_for,
 )
-from streams.inference_errors import InferenceCrashed, InferenceTimeout
-from streams.metrics import WorkerMetrics
-from streams.settings import StreamSettings
+from genrec.streams.inference_errors import InferenceCrashed, InferenceTimeout
+from genrec.streams.metrics import WorkerMetrics
+from genrec.streams.settings import StreamSettings
 
 NOW = 1_700_000_000_000
 
@@ -312,7 +311,7 @@ async def test_a_failed_dead_letter_send_in_the_infer_agent_still_ends_its_ack_s
     """The slot of a request whose dead letter the broker refused used to stay open: every later request of its
     partition waited behind it, and the partition never committed again. Now the slot ends unrecorded (no
     commit passes it) and the worker fails, to restart from the last commit."""
-    from streams.app import GenrecWorker
+    from genrec.streams.app import GenrecWorker
 
     worker = GenrecWorker(settings)
     out = Output()
@@ -359,7 +358,7 @@ def test_liveness_reports_work_running_too_long() -> None:
 
 
 async def test_health_says_stuck_or_crashed_instead_of_ok(settings: StreamSettings) -> None:
-    from streams.app import GenrecWorker
+    from genrec.streams.app import GenrecWorker
 
     worker = GenrecWorker(settings.model_copy(update={"health_stuck_s": 0.01}))
     assert worker.health() == ("ok", {})

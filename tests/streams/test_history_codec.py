@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from genrec.streams import history_codec as hc
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from streams import history_codec as hc
 
 item_ids = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
 events = st.lists(

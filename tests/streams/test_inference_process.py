@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from model.checkpoint import WEIGHTS, CheckpointError
-from model.serving import Recommendation, Recommender
-from schemas.messages import RecRequest
-from streams import history_codec
-from streams.inference_errors import InferenceCrashed, InferenceTimeout
-from streams.inference_process import ProcessInferenceRunner
-from streams.serving import InferenceInput, InferenceRunner, VersionMismatch
+from genrec.model.checkpoint import WEIGHTS, CheckpointError
+from genrec.model.serving import Recommendation, Recommender
+from genrec.schemas.messages import RecRequest
+from genrec.streams import history_codec
+from genrec.streams.inference_errors import InferenceCrashed, InferenceTimeout
+from genrec.streams.inference_process import ProcessInferenceRunner
+from genrec.streams.serving import InferenceInput, InferenceRunner, VersionMismatch
 
 TS = 1_700_000_000_000
 
@@ -73,7 +72,7 @@ def test_a_damaged_checkpoint_is_refused_at_start_with_the_reason(checkpoint: Pa
 async def test_a_swap_loads_the_model_once_in_the_child_never_in_the_worker(
     checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import streams.serving
+    import genrec.streams.serving
 
     child = ProcessInferenceRunner(checkpoint, torch_threads=1)
     try:
@@ -81,7 +80,7 @@ async def test_a_swap_loads_the_model_once_in_the_child_never_in_the_worker(
             raise AssertionError("the worker process loaded the model")
 
         monkeypatch.setattr(Recommender, "from_checkpoint", no_load_here)
-        monkeypatch.setattr(streams.serving, "load_version", no_load_here)
+        monkeypatch.setattr(genrec.streams.serving, "load_version", no_load_here)
         version = child.version
         assert await child.swap(checkpoint, expected_version=version) == version
         with pytest.raises(VersionMismatch):

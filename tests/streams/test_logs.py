@@ -7,9 +7,8 @@ import logging
 import logging.config
 
 import pytest
-
-from streams.logs import JsonFormatter, logging_config
-from streams.settings import StreamSettings
+from genrec.streams.logs import JsonFormatter, logging_config
+from genrec.streams.settings import StreamSettings
 
 
 def _record(msg: str, exc: BaseException | None = None) -> logging.LogRecord:

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from model.checkpoint import CheckpointError
-from schemas.messages import ModelVersion, encode
-from streams.models import MODEL_KEY, ModelFollower
+from genrec.model.checkpoint import CheckpointError
+from genrec.schemas.messages import ModelVersion, encode
+from genrec.streams.models import MODEL_KEY, ModelFollower
 
 
 @dataclass

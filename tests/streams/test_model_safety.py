@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
-from model.checkpoint import (
+from genrec.model.checkpoint import (
     MANIFEST,
     WEIGHTS,
     CheckpointError,
@@ -23,12 +21,13 @@ from model.checkpoint import (
     version_sha256,
     write_manifest,
 )
-from model.config import ModelConfig
-from model.generative import GenerativeRecommender
-from model.serving import Recommender
-from schemas.messages import RecRequest
-from streams import history_codec
-from streams.serving import InferenceInput, InferenceRunner, ProbeFailed
+from genrec.model.config import ModelConfig
+from genrec.model.generative import GenerativeRecommender
+from genrec.model.serving import Recommender
+from genrec.schemas.messages import RecRequest
+from genrec.streams import history_codec
+from genrec.streams.serving import InferenceInput, InferenceRunner, ProbeFailed
+from safetensors.torch import save_file
 
 N_ITEMS = 40
 TS = 1_700_000_000_000
@@ -160,7 +159,7 @@ def _served(lists: list) -> list[list[str]]:
 @pytest.mark.parametrize("where", ["thread", "process"])
 async def test_the_current_model_keeps_serving_when_a_swap_is_refused(store: Path, tmp_path: Path, where: str) -> None:
     if where == "process":
-        from streams.inference_process import ProcessInferenceRunner
+        from genrec.streams.inference_process import ProcessInferenceRunner
 
         runner: InferenceRunner = ProcessInferenceRunner(store / "good-a", torch_threads=1)
     else:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from genrec.model.checkpoint import WEIGHTS, load_checkpoint
+from genrec.model.store import ModelStore
+from genrec.ops.bench_stream import genrec_command
+from genrec.schemas.messages import Event, ModelVersion, RecRequest, RecResult, encode
 
-from model.checkpoint import WEIGHTS, load_checkpoint
-from model.store import ModelStore
-from ops.bench_stream import genrec_command
-from schemas.messages import Event, ModelVersion, RecRequest, RecResult, encode
 from tests.conftest import both_brokers
 from tests.streams.conftest import WorkerHandle, produce, read_until, values
 
@@ -113,7 +113,7 @@ def test_promote_swaps_without_losing_requests_refuses_bad_sha_and_rolls_back(
 
     # A version whose weights do not match the sha256 it names: refused, v2 keeps serving.
     bad = store.info("bad")
-    from ops.cli_models import publish
+    from genrec.ops.cli_models import publish
 
     publish(w.bootstrap, models_topic, ModelVersion(version="bad", path=str(bad.path), sha256=bad.sha256,
                                                     parent="v2", created_at=time.time()))

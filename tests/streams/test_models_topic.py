@@ -9,11 +9,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from genrec.ops.kafka_clients import KafkaSecurity
+from genrec.ops.topics import TopicSpec, create_topics, describe_topics
+from genrec.streams.models import ModelsTopicTable
+from genrec.streams.settings import StreamSettings
 
-from ops.kafka_clients import KafkaSecurity
-from ops.topics import TopicSpec, create_topics, describe_topics
-from streams.models import ModelsTopicTable
-from streams.settings import StreamSettings
 from tests.conftest import both_brokers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from genrec.model.checkpoint import load_checkpoint
+from genrec.model.data import synthetic_dataset
+from genrec.model.store import ModelStore
+from genrec.ops.bench_stream import scrape, start_worker, wait_ready
+from genrec.ops.broker import free_port
+from genrec.schemas.messages import Event, RecRequest, RecResult, encode
 
-from model.checkpoint import load_checkpoint
-from model.data import synthetic_dataset
-from model.store import ModelStore
-from ops.bench_stream import scrape, start_worker, wait_ready
-from ops.broker import free_port
-from schemas.messages import Event, RecRequest, RecResult, encode
 from tests.streams.conftest import FAST_GROUP_ENV, WorkerHandle, produce, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]

@@ -16,9 +16,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from genrec.ops.bench_stream import http_get
+from genrec.schemas.messages import DeadLetter, RecRequest, decode, encode
 
-from ops.bench_stream import http_get
-from schemas.messages import DeadLetter, RecRequest, decode, encode
 from tests.streams.conftest import WorkerHandle, produce, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]

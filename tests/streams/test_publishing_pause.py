@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
-from schemas import PublishingControl, encode
-from streams.models import MODEL_KEY, PUBLISHING_KEY, PublishingSwitch, publishing_control
+from genrec.schemas import PublishingControl, encode
+from genrec.streams.models import MODEL_KEY, PUBLISHING_KEY, PublishingSwitch, publishing_control
 
 
 def _control(paused: bool) -> bytes:
@@ -30,7 +30,7 @@ def test_the_switch_reads_the_latest_control_and_an_unreadable_one_pauses() -> N
 
 
 def test_a_paused_trainer_runs_no_round_and_still_follows() -> None:
-    from streams.trainer import GenrecTrainer
+    from genrec.streams.trainer import GenrecTrainer
 
     rounds: list[int] = []
     followed: list[bytes] = []

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+from genrec.ops.bench_stream import genrec_command, http_get
+from genrec.ops.cluster import LocalCluster
+from genrec.schemas.messages import RecRequest, RecResult, encode
 
-from ops.bench_stream import genrec_command, http_get
-from ops.cluster import LocalCluster
-from schemas.messages import RecRequest, RecResult, encode
 from tests.streams.conftest import FAST_GROUP_ENV, read_until, values
 from tests.streams.prefilled import PROBE_ITEMS, expected_items, prefill_history_changelog
 

@@ -7,8 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from faust.types import TP
-
-from streams.recovery_watch import StallDetector, check, client_state
+from genrec.streams.recovery_watch import StallDetector, check, client_state
 
 A, B = TP("app-user_history-changelog", 0), TP("app-user_history-changelog", 3)
 
@@ -82,7 +81,7 @@ def test_client_state_reports_rather_than_raises_when_the_client_is_not_there() 
 
 
 def test_the_installed_watch_starts_with_the_app_and_counts_stalls(monkeypatch: Any) -> None:
-    import streams.recovery_watch as rw
+    from genrec.streams import recovery_watch as rw
 
     app = _app(True, {B: -1}, {B: 41})
     app.first_services = []  # started before Faust's consumer (GenrecFaustApp), unlike an app.timer

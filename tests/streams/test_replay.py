@@ -6,10 +6,9 @@ import asyncio
 import time
 
 import numpy as np
-
-from model.data import load_dataset, synthetic_dataset
-from ops.replay import RateLimiter, dataset_events, replay_items
-from schemas.messages import Event, RecRequest, decode
+from genrec.model.data import load_dataset, synthetic_dataset
+from genrec.ops.replay import RateLimiter, dataset_events, replay_items
+from genrec.schemas.messages import Event, RecRequest, decode
 
 
 def test_events_in_global_time_order_with_relative_times_kept():

@@ -17,10 +17,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from genrec.ops.bench_stream import genrec_command, http_get, scrape, start_worker, stop_process, wait_ready
+from genrec.ops.chaos import FAST_GROUP_ENV, Topics
+from genrec.streams.web_port import read_port_file
 
-from ops.bench_stream import genrec_command, http_get, scrape, start_worker, stop_process, wait_ready
-from ops.chaos import FAST_GROUP_ENV, Topics
-from streams.web_port import read_port_file
 from tests.ops.test_alerts import family, metrics_in, rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]

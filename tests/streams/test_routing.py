@@ -13,10 +13,10 @@ import time
 import uuid
 
 import pytest
+from genrec.schemas.messages import Event, RecRequest, RecResult, encode
+from genrec.streams import history_codec
+from genrec.streams.handlers import partition_for
 
-from schemas.messages import Event, RecRequest, RecResult, encode
-from streams import history_codec
-from streams.handlers import partition_for
 from tests.streams.conftest import FAST_GROUP_ENV, WorkerHandle, produce, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]

@@ -26,11 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from genrec.ops.cluster import LocalCluster
+from genrec.ops.load import LoadRun, run_load
+from genrec.ops.topics import TopicSpec, create_topics
+from genrec.schemas.messages import Event, RecRequest, RecResult, encode
 
-from ops.cluster import LocalCluster
-from ops.load import LoadRun, run_load
-from ops.topics import TopicSpec, create_topics
-from schemas.messages import Event, RecRequest, RecResult, encode
 from tests.conftest import both_brokers_full, new_embedded_broker, new_kafka_broker
 from tests.streams.conftest import FAST_GROUP_ENV, Topics, read_until, values
 
@@ -43,7 +43,7 @@ RATE = 25.0  # requests/s during the failover: well below what three replicas se
 
 def _produce_keyed(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -> dict[bytes, int]:
     """Produce in order; returns key → partition (from the broker's acknowledgements)."""
-    from ops.kafka_clients import make_producer
+    from genrec.ops.kafka_clients import make_producer
 
     async def main() -> dict[bytes, int]:
         p = make_producer(bootstrap, one_record_batches=False, linger_ms=0)
@@ -70,7 +70,7 @@ def _results(bootstrap: str, topic: str, want: set[str], timeout_s: float) -> di
 
 
 def _appended(cluster: LocalCluster) -> float:
-    from ops.bench_stream import scrape
+    from genrec.ops.bench_stream import scrape
 
     return sum(scrape(r.port).get('genrec_events_total{outcome="appended"}', 0.0) for r in cluster.live())
 
@@ -279,8 +279,7 @@ def _changelog_probe(bootstrap: str, changelog: str) -> str:
     replica's consumer is at fault, else the broker's answer is.
     """
     from aiokafka import TopicPartition
-
-    from ops.kafka_clients import make_consumer
+    from genrec.ops.kafka_clients import make_consumer
 
     async def main() -> str:
         c = make_consumer(bootstrap)
@@ -337,8 +336,7 @@ def _uncommitted(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int 
     multi-record produce batches (docs/architecture.md, Brokers), which the load generator sends.
     """
     from aiokafka import TopicPartition
-
-    from ops.kafka_clients import make_consumer
+    from genrec.ops.kafka_clients import make_consumer
 
     ends: dict[int, int] = {}
     for r in read_until(bootstrap, topic, lambda r: False, timeout_s=4.0):

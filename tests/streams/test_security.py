@@ -13,12 +13,11 @@ import certifi
 import faust
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from genrec.ops.kafka_clients import KafkaSecurity, make_admin, make_consumer, make_producer
+from genrec.schemas.messages import MAX_ID_LEN, MAX_MESSAGE_BYTES, DeadLetter, encode, truncate_raw
+from genrec.streams import history_codec
+from genrec.streams.settings import StreamSettings
 from pydantic import ValidationError
-
-from ops.kafka_clients import KafkaSecurity, make_admin, make_consumer, make_producer
-from schemas.messages import MAX_ID_LEN, MAX_MESSAGE_BYTES, DeadLetter, encode, truncate_raw
-from streams import history_codec
-from streams.settings import StreamSettings
 
 SECRET = "hunter2-Sup3r-secret"
 CA = certifi.where()  # any real CA bundle: the TLS context must be buildable without a broker
@@ -76,7 +75,7 @@ def _strip_default_mechanism(auth: dict[str, Any]) -> dict[str, Any]:
 async def test_security_settings_reach_faust_and_every_client(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, protocol: str, mechanism: str | None, cafile: str | None
 ) -> None:
-    from streams.app import GenrecWorker, KafkaOutput
+    from genrec.streams.app import GenrecWorker, KafkaOutput
 
     _env(monkeypatch, protocol, mechanism, cafile)
     s = StreamSettings(bootstrap="127.0.0.1:1", state_dir=tmp_path, web_enabled=False)
@@ -126,8 +125,8 @@ async def test_worker_and_trainer_roles_get_the_same_security_settings(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, protocol: str, mechanism: str | None, cafile: str | None
 ) -> None:
     # One app builder for both roles (streams/app_builder.py): the trainer once had no broker_credentials.
-    from streams.app import GenrecWorker
-    from streams.trainer import GenrecTrainer
+    from genrec.streams.app import GenrecWorker
+    from genrec.streams.trainer import GenrecTrainer
 
     _env(monkeypatch, protocol, mechanism, cafile)
     s = StreamSettings(
@@ -152,7 +151,7 @@ async def test_worker_and_trainer_roles_get_the_same_security_settings(
 async def test_the_password_never_appears_in_logs_reprs_or_errors(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from streams.app import GenrecWorker
+    from genrec.streams.app import GenrecWorker
 
     _env(monkeypatch, "SASL_SSL", "SCRAM-SHA-256", CA)
     caplog.set_level(logging.DEBUG)
@@ -184,7 +183,7 @@ async def test_the_password_never_appears_in_logs_reprs_or_errors(
 
 
 async def test_the_web_port_serves_health_ready_and_metrics_only(tmp_path: Path) -> None:
-    from streams.app import GenrecWorker
+    from genrec.streams.app import GenrecWorker
 
     worker = GenrecWorker(StreamSettings(bootstrap="127.0.0.1:1", state_dir=tmp_path, web_port=6999))
     web = worker.app.web
@@ -236,9 +235,8 @@ async def test_the_workers_side_clients_get_the_same_security(
     """The partition probe at start and the models-topic reader build their own aiokafka clients."""
     import aiokafka
     import aiokafka.admin
-
-    from streams.models import ModelsTopicTable
-    from streams.worker import _existing_partitions
+    from genrec.streams.models import ModelsTopicTable
+    from genrec.streams.worker import _existing_partitions
 
     _env(monkeypatch, protocol, mechanism, cafile)
     s = StreamSettings(bootstrap="127.0.0.1:1", state_dir=tmp_path, web_enabled=False)
@@ -281,8 +279,8 @@ def test_a_worker_failing_sasl_at_debug_level_never_prints_the_password(
     fails to connect and exits, logging at debug level, with tracebacks — none of it shows the password."""
     import subprocess
 
-    from ops.bench_stream import genrec_command
-    from ops.broker import free_port
+    from genrec.ops.bench_stream import genrec_command
+    from genrec.ops.broker import free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENREC_")}
     env.update(

@@ -22,16 +22,16 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaError
+from genrec.model.checkpoint import load_checkpoint
+from genrec.model.data import synthetic_dataset
+from genrec.model.store import ModelStore
+from genrec.ops.bench_stream import genrec_command, http_get, scrape, stop_process, wait_ready
+from genrec.ops.broker import free_port
+from genrec.ops.kafka_broker import BROKER_USER, KafkaBroker
+from genrec.ops.kafka_clients import KafkaSecurity, fetch_cluster_info, make_consumer, make_producer
+from genrec.ops.replay import dataset_events
+from genrec.schemas.messages import RecRequest, encode
 
-from model.checkpoint import load_checkpoint
-from model.data import synthetic_dataset
-from model.store import ModelStore
-from ops.bench_stream import genrec_command, http_get, scrape, stop_process, wait_ready
-from ops.broker import free_port
-from ops.kafka_broker import BROKER_USER, KafkaBroker
-from ops.kafka_clients import KafkaSecurity, fetch_cluster_info, make_consumer, make_producer
-from ops.replay import dataset_events
-from schemas.messages import RecRequest, encode
 from tests.conftest import SECURE_USER, secure_client_env
 from tests.streams.conftest import FAST_GROUP_ENV, Topics
 

@@ -9,15 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from genrec.model.serving import Recommendation
+from genrec.model.tokens import History
+from genrec.streams import history_codec
+from genrec.streams import serving as serving
+from genrec.streams.inference_process import decode_batch, decode_reply, encode_batch, encode_reply
+from genrec.streams.serving import BatchItem, ProbeFailed, probe, serve_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import streams.serving as serving
-from model.serving import Recommendation
-from model.tokens import History
-from streams import history_codec
-from streams.inference_process import decode_batch, decode_reply, encode_batch, encode_reply
-from streams.serving import BatchItem, ProbeFailed, probe, serve_batch
 
 TS = 1_700_000_000_000
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from genrec.streams.settings import StreamSettings
 from pydantic import ValidationError
-
-from streams.settings import StreamSettings
 
 
 def test_defaults_follow_the_design(monkeypatch):

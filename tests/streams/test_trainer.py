@@ -12,16 +12,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from genrec.model.checkpoint import load_checkpoint, version_sha256
+from genrec.model.data import synthetic_dataset
+from genrec.model.store import ModelStore
+from genrec.ops.bench_stream import http_get, scrape, start_worker, wait_ready
+from genrec.ops.broker import free_port
+from genrec.ops.cli_models import read_published
+from genrec.ops.replay import dataset_events
+from genrec.ops.topics import TopicSpec, create_topics
+from genrec.schemas.messages import RecResult, ScoredItem, encode
 
-from model.checkpoint import load_checkpoint, version_sha256
-from model.data import synthetic_dataset
-from model.store import ModelStore
-from ops.bench_stream import http_get, scrape, start_worker, wait_ready
-from ops.broker import free_port
-from ops.cli_models import read_published
-from ops.replay import dataset_events
-from ops.topics import TopicSpec, create_topics
-from schemas.messages import RecResult, ScoredItem, encode
 from tests.conftest import both_brokers
 from tests.streams.conftest import FAST_GROUP_ENV, Topics, produce
 

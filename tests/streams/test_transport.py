@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from faust.types import TP, Message
-
-from streams.checkpoint import UNCONFIRMED_MARKER
-from streams.transport import GenrecFaustApp
+from genrec.streams.checkpoint import UNCONFIRMED_MARKER
+from genrec.streams.transport import GenrecFaustApp
 
 
 def _message(topic: str, offset: int) -> Message:
@@ -223,8 +222,7 @@ def test_table_manager_start_is_fausts_without_the_one_second_sleep() -> None:
     import inspect
 
     from faust.tables import TableManager
-
-    from streams.transport import _TableManager
+    from genrec.streams.transport import _TableManager
 
     def body(fn: object) -> list[str]:
         lines = [ln.strip() for ln in inspect.getsource(fn).splitlines()[1:]]  # type: ignore[arg-type]

@@ -7,9 +7,8 @@ import socket
 from pathlib import Path
 
 import pytest
-
-from streams.settings import StreamSettings
-from streams.web_port import WebPortError, bound_port, claim_web_port, read_port_file, write_port_file
+from genrec.streams.settings import StreamSettings
+from genrec.streams.web_port import WebPortError, bound_port, claim_web_port, read_port_file, write_port_file
 
 
 def test_port_0_and_auto_pick_a_free_port() -> None:
@@ -53,8 +52,7 @@ def test_the_port_file_is_read_back(tmp_path: Path) -> None:
 
 async def test_faust_serves_on_the_claimed_socket(tmp_path: Path) -> None:
     import aiohttp
-
-    from streams.app import GenrecWorker
+    from genrec.streams.app import GenrecWorker
 
     sock = claim_web_port("127.0.0.1", 0)
     port = bound_port(sock)

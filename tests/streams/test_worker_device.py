@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 import torch
+from genrec.model.device import DeviceUnavailableError
+from genrec.streams import serving
+from genrec.streams.inference_process import ProcessInferenceRunner
+from genrec.streams.serving import InferenceRunner
+from genrec.streams.settings import StreamSettings
 from pydantic import ValidationError
 from typer.testing import CliRunner
-
-from model.device import DeviceUnavailableError
-from streams import serving
-from streams.inference_process import ProcessInferenceRunner
-from streams.serving import InferenceRunner
-from streams.settings import StreamSettings
 
 
 def test_the_setting_reads_the_env_and_the_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,7 +30,7 @@ def test_the_setting_reads_the_env_and_the_flag_wins(monkeypatch: pytest.MonkeyP
 
 
 def test_worker_cli_refuses_an_unknown_device_before_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ops.cli import _register, app
+    from genrec.ops.cli import _register, app
 
     _register()
     monkeypatch.delenv("GENREC_DEVICE", raising=False)
@@ -49,8 +48,8 @@ def test_cuda_without_a_gpu_fails_the_childs_load_with_the_reason(checkpoint: Pa
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 async def test_the_child_serves_on_cuda(checkpoint: Path) -> None:
-    from schemas.messages import RecRequest
-    from streams.serving import InferenceInput
+    from genrec.schemas.messages import RecRequest
+    from genrec.streams.serving import InferenceInput
 
     child = ProcessInferenceRunner(checkpoint, torch_threads=1, device="cuda")
     try:

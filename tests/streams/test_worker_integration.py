@@ -14,9 +14,9 @@ import time
 import uuid
 
 import pytest
+from genrec.schemas.messages import DeadLetter, Event, RecRequest, RecResult, encode
+from genrec.streams import history_codec
 
-from schemas.messages import DeadLetter, Event, RecRequest, RecResult, encode
-from streams import history_codec
 from tests.conftest import both_brokers, both_brokers_full
 from tests.streams.conftest import WorkerHandle, produce, read_until, values
 

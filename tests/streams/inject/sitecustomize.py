@@ -16,7 +16,7 @@ _SPEC = os.environ.get("GENREC_TEST_LOSE_RESTORE")
 if _SPEC:
     import sys
 
-    from streams import transport
+    from genrec.streams import transport
 
     _partition, _first, _count = (int(x) for x in _SPEC.split(":"))
     _lost: set[tuple[str, int]] = set()
@@ -98,7 +98,7 @@ if _POISON:
     import sys
     import time
 
-    from streams import serving as _serving
+    from genrec.streams import serving as _serving
 
     _serve_batch = _serving.serve_batch
 
