@@ -35,6 +35,20 @@ MAX_DEAD_LETTER_BYTES = 192 * 1024
 # it into the record's next dead letter (`DeadLetter.redrives`), so a redrive can skip what failed again.
 REDRIVE_HEADER = "genrec-redrive-count"
 
+# The topics' default names (README, Messages); the worker's settings and the client for apps (genrec/client.py)
+# start from them, and each can be overridden.
+EVENTS_TOPIC = "genrec.events"
+REQUESTS_TOPIC = "genrec.requests"
+RESULTS_TOPIC = "genrec.results"
+DEADLETTER_TOPIC = "genrec.deadletter"
+MODELS_TOPIC = "genrec.models"
+# A request's `reply_to` must start with the worker's prefix (GENREC_REPLY_TOPIC_PREFIX, default this one); the
+# client names the topic it creates for itself `<prefix><uuid>`.
+REPLY_TOPIC_PREFIX = "genrec.replies."
+# A legal Kafka topic name: at most 249 characters of [A-Za-z0-9._-], and neither "." nor "..".
+MAX_TOPIC_LEN = 249
+TOPIC_NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+
 
 def _b64_len(n: int) -> int:
     return 4 * ((n + 2) // 3)
@@ -48,6 +62,7 @@ MIN_TS_MS = 315_532_800_000
 MAX_TS_MS = 4_102_444_800_000
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)]
+TopicName = Annotated[str, Field(min_length=1, max_length=MAX_TOPIC_LEN, pattern=TOPIC_NAME_PATTERN)]
 TimestampMs = Annotated[int, Field(ge=MIN_TS_MS, le=MAX_TS_MS, strict=True)]
 
 
@@ -107,12 +122,23 @@ class RecRequest(_Message):
     k: int = Field(default=10, ge=1, le=MAX_K, strict=True)
     query: Annotated[str, Field(max_length=MAX_QUERY_LEN)] | None = None
     exclude_seen: bool = True
+    # A topic the result is also sent to, besides the results topic (the client's own reply topic,
+    # genrec/client.py). The worker writes there only under its reply prefix (GENREC_REPLY_TOPIC_PREFIX); a name
+    # outside it is answered on the results topic only (README, "Client for apps").
+    reply_to: TopicName | None = None
 
     @field_validator("query")
     @classmethod
     def _empty_query_is_none(cls, v: str | None) -> str | None:
         # An empty query is a plain recommendation request (design: empty → recommendation).
         return v or None
+
+    @field_validator("reply_to")
+    @classmethod
+    def _legal_topic_name(cls, v: str | None) -> str | None:
+        if v in (".", ".."):
+            raise ValueError("'.' and '..' are not topic names")
+        return v
 
 
 class ScoredItem(_Message):

@@ -3,6 +3,7 @@
     genrec.events ──ingest──▶ user_history (RocksDB, changelog-backed, co-partitioned by user)
          │ query events ──────────▶ genrec.requests
     genrec.requests ──infer──▶ micro-batches ──▶ model (a child process) ──▶ genrec.results
+                                                                       └──▶ a request's reply_to (best effort)
     bad input, anywhere ──▶ genrec.deadletter
 
 What happens to a record is decided by the handlers (streams/handlers.py, no Faust in there); the agents here
@@ -42,6 +43,7 @@ from genrec.streams.handlers import (
 )
 from genrec.streams.metrics import CONTENT_TYPE, WorkerMetrics, install_faust_sensors
 from genrec.streams.models import ModelFollower, ModelsTopicTable
+from genrec.streams.replies import ReplySender
 from genrec.streams.serving import InferenceRunner, RecommenderLike, load_recommender
 from genrec.streams.settings import StreamSettings
 from mode import Service
@@ -220,7 +222,10 @@ class GenrecWorker:
         self.app = app = build_faust_app(s, s.app_id, standby_replicas=s.standby_replicas)
         self.output = KafkaOutput(s)
         self.model = ModelHolder(s, self.metrics, recommender_loader, on_failure=app.crash)
-        app.first_services.extend([self.output, self.model])
+        # Copies of results to the requests' reply_to topics: a producer of its own, outside the commit protocol
+        # (streams/replies.py), so a reply to a vanished topic never holds up an ack or a commit.
+        self.replies = ReplySender(s, self.metrics)
+        app.first_services.extend([self.output, self.model, self.replies])
         # Commit protocol step 1 (streams/checkpoint.py): results, forwards and dead letters flushed and confirmed.
         app.checkpoint.add_output("results", self.output.flush)
         self.output.checkpoint = app.checkpoint
@@ -236,7 +241,7 @@ class GenrecWorker:
         # The logic, apart from Faust (streams/handlers.py); the agents below only wire it.
         store = TableStore(self.history)
         self.ingest = IngestHandler(s, store, self.output, self.metrics)
-        self.requests = RequestHandler(s, store, self.output, self.metrics)
+        self.requests = RequestHandler(s, store, self.output, self.metrics, replies=self.replies)
         self.attempts = Attempts(s.max_attempts)
         self.liveness = Liveness(s.health_stuck_s)
         app.agent(self.events_topic, name="genrec.ingest")(self._ingest_agent)

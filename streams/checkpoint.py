@@ -7,7 +7,9 @@ changelog, so an offset committed past a record whose changelog write or result 
 for good. `Checkpoint.commit` therefore runs these steps, in this order, and a failure at any step fails
 the checkpoint (modelled on Quix Streams' `Checkpoint.commit`):
 
-1. **Flush the outputs**: the results/forwards/dead-letters producer (`streams.app.KafkaOutput`).
+1. **Flush the outputs**: the results/forwards/dead-letters producer (`streams.app.KafkaOutput`). Copies of
+   results to a request's `reply_to` (the apps' client) are in no step: they go through a producer of their own
+   (`streams/replies.py`), so a reply to a topic that has vanished never holds up a commit.
 2. **Flush the changelogs**: Faust's producer (its send buffer, then the Kafka client).
 3. **Confirm every send**: each send registered with `track_send` before this commit started has been
    confirmed by the broker. One that failed, or that is still unconfirmed after `confirm_timeout_s`, fails

@@ -2,7 +2,8 @@
 
     IngestHandler.handle(record)        an event → the user's history (or a dead letter, a forward, a search)
     RequestHandler.accept(record)       a request → a `Pending` to batch (or a dead letter, a forward)
-    RequestHandler.serve(batch, runner) a batch → one result or dead letter per request, each confirmed
+    RequestHandler.serve(batch, runner) a batch → one result or dead letter per request, each confirmed (and a
+                                        copy of a result to its request's `reply_to`, best effort: streams/replies.py)
     Attempts.run(handle, record)        a record that keeps failing → dead letter `poison`, processing moves on
 
 The Faust agents in `streams/app.py` only wire these to topics, the table and the ordered acks; the handlers
@@ -81,6 +82,13 @@ class Output(Protocol):
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> Awaitable[Any]: ...
+
+
+class Replies(Protocol):
+    """Where a result also goes when its request names a `reply_to` topic (streams/replies.py): queued, never
+    awaited, never part of the commit."""
+
+    def offer(self, topic: str, key: bytes | None, value: bytes) -> str | None: ...
 
 
 class Runner(Protocol):
@@ -276,9 +284,12 @@ class RequestHandler(_Handler):
     """Requests → micro-batched inference → one confirmed result or dead letter per request."""
 
     def __init__(self, settings: StreamSettings, store: HistoryStore, output: Output, metrics: WorkerMetrics,
-                 *, max_attempts: int | None = None, call_timeout_s: float | None = None) -> None:
+                 *, max_attempts: int | None = None, call_timeout_s: float | None = None,
+                 replies: Replies | None = None) -> None:
         super().__init__(settings, output, metrics)
         self.store = store
+        # None: a request's reply_to is ignored (its result goes to the results topic only, as always).
+        self.replies = replies
         self.max_attempts = max_attempts or settings.max_attempts
         # A backstop only: the runner bounds each call itself (InferenceTimeout, after killing the child).
         # Past this the runner is in an unknown state, so it is fatal, never a request's fault.
@@ -321,6 +332,8 @@ class RequestHandler(_Handler):
                 sends.append(await self._failed(p, exc))
                 continue
             sends.append(await self.output.send(s.results_topic, p.key, value))
+            if p.request.reply_to is not None and self.replies is not None:
+                self.replies.offer(p.request.reply_to, p.key, value)  # a copy, off the commit path
             latencies.append(max(0.0, now_ms - p.record.timestamp_ms) / 1000.0)
         await asyncio.gather(*sends)
         self.metrics.results.inc(len(latencies))

@@ -39,6 +39,11 @@ _LATENCY_BUCKETS = (
     10.0,
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# genrec_replies_total{outcome}: `sent` (confirmed by the broker), `refused` (reply_to outside the reply prefix, or
+# one of the worker's own topics: answered on the results topic only), `no_topic` (the topic does not exist: its
+# client has gone), `failed` (refused by the broker, or not confirmed within reply_timeout_s), `dropped` (more
+# replies waiting than max_pending).
+REPLY_OUTCOMES = ("sent", "refused", "no_topic", "failed", "dropped")
 
 
 class _LagCollector(Collector):
@@ -159,6 +164,12 @@ class WorkerMetrics:
         self.broker_info = Gauge(
             "genrec_broker_info", "The broker kind the producers are set for (value 1)", ["kind"], registry=r
         )  # kind: tansu (one-record changelog batches) | kafka (batched, idempotent); streams/broker_kind.py
+        # Results also sent to a request's `reply_to` topic (streams/replies.py), by outcome: REPLY_OUTCOMES.
+        self.replies = Counter(
+            "genrec_replies", "Results also sent to a request's reply_to topic, by outcome", ["outcome"], registry=r
+        )
+        for outcome in REPLY_OUTCOMES:  # exported at 0 from the start
+            self.replies.labels(outcome=outcome)
         self.ready = Gauge("genrec_ready", "1 when the worker serves (model loaded, partitions recovered)", registry=r)
 
     def set_model_version(self, version: str) -> None:

@@ -17,6 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from genrec.schemas.messages import (
+    DEADLETTER_TOPIC,
+    EVENTS_TOPIC,
+    MODELS_TOPIC,
+    REPLY_TOPIC_PREFIX,
+    REQUESTS_TOPIC,
+    RESULTS_TOPIC,
+)
 from genrec.streams.broker_kind import BrokerKind, BrokerKindSetting
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -144,11 +152,19 @@ class StreamSettings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     # Topics (README, Messages).
-    events_topic: str = "genrec.events"
-    requests_topic: str = "genrec.requests"
-    results_topic: str = "genrec.results"
-    deadletter_topic: str = "genrec.deadletter"
-    models_topic: str = "genrec.models"
+    events_topic: str = EVENTS_TOPIC
+    requests_topic: str = REQUESTS_TOPIC
+    results_topic: str = RESULTS_TOPIC
+    deadletter_topic: str = DEADLETTER_TOPIC
+    models_topic: str = MODELS_TOPIC
+    # A request's `reply_to` topic is written to (besides the results topic) only when its name starts with this
+    # prefix and is none of the worker's own topics (streams/replies.py); empty: no replies at all. Clients
+    # (genrec/client.py) create `<prefix><uuid>` topics, so their user needs create/delete/read on the prefix,
+    # and the worker's user write on it.
+    reply_topic_prefix: str = Field(default=REPLY_TOPIC_PREFIX, max_length=200, pattern=r"^[A-Za-z0-9._-]*$")
+    # The longest a reply may take (existence check, metadata, delivery); a slower one is dropped and counted.
+    # Replies go through a producer of their own, never on the commit path (streams/replies.py).
+    reply_timeout_s: float = Field(default=5.0, gt=0, le=120)
     # Events, requests and the history table's changelog share this count: co-partitioning by user.
     partitions: int = Field(default=6, ge=1, le=1024)
     replication: int = Field(default=1, ge=1, le=16)
