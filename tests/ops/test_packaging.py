@@ -36,9 +36,9 @@ def test_the_wheel_installs_every_package_under_genrec(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("genrec-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"genrec"}
-    for f in ("genrec/__init__.py", "genrec/schemas/messages.py", "genrec/model/train.py", "genrec/streams/app.py",
-              "genrec/ops/cli.py", "genrec/ops/grafana/dashboards/genrec.json", "genrec/ops/prometheus/alerts.yml",
-              "genrec/ops/kafka/pom.xml", "genrec/schemas/json/Event.schema.json"):
+    for f in ("genrec/__init__.py", "genrec/client.py", "genrec/schemas/messages.py", "genrec/model/train.py",
+              "genrec/streams/app.py", "genrec/ops/cli.py", "genrec/ops/grafana/dashboards/genrec.json",
+              "genrec/ops/prometheus/alerts.yml", "genrec/ops/kafka/pom.xml", "genrec/schemas/json/Event.schema.json"):
         assert f in names, f
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "genrec = genrec.ops.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
