@@ -46,6 +46,7 @@ from genrec.streams.models import ModelFollower, ModelsTopicTable
 from genrec.streams.replies import ReplySender
 from genrec.streams.serving import InferenceRunner, RecommenderLike, load_recommender
 from genrec.streams.settings import StreamSettings
+from genrec.streams.transport import current_event, event_context
 from mode import Service
 
 log = logging.getLogger(__name__)
@@ -117,17 +118,58 @@ class KafkaOutput(Service):
 
 
 class TableStore:
-    """The history table as the handlers' `HistoryStore`: a write goes to RocksDB and the changelog (whose send
-    the commit protocol confirms before the source offset is committed)."""
+    """The history table as the handlers' `HistoryStore`, with writes coalesced per user.
 
-    def __init__(self, table: Any) -> None:
+    A table write costs a RocksDB put and a changelog record, more than everything else the ingest does for an
+    event. Writes made while Faust processes an event are held, latest per key, with the event they came from;
+    `flush` writes each key once, in that event's context (its partition), and the ingest agent acks the run's
+    events only after it: the commit protocol then confirms the changelog before any of their offsets is
+    committed, as with one write per event. A read sees the held value, so the infer agent and the next event
+    of the same user never read a stale history: holding delays only the commit. The agent flushes after
+    `ingest_coalesce_max` events or `ingest_coalesce_ms`. A crash or stop before a flush loses nothing: those
+    events were never acked, and are read again.
+    """
+
+    def __init__(self, table: Any, on_write: Callable[[], None] | None = None) -> None:
         self.table = table
+        self._held: dict[bytes, tuple[bytes, EventT]] = {}
+        self._on_write = on_write
 
     def get(self, key: bytes) -> bytes | None:
-        return self.table.get(key)
+        held = self._held.get(key)
+        return held[0] if held is not None else self.table.get(key)
 
     def set(self, key: bytes, value: bytes) -> None:
+        event = current_event()
+        if event is None:  # not inside an agent: nothing to coalesce with
+            self._write(key, value)
+        else:
+            self._held.pop(key, None)  # re-inserted last: flush writes in the order of each key's last event
+            self._held[key] = (value, event)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def flush(self) -> int:
+        """Write every held value once; returns how many keys were written."""
+        n = 0
+        while self._held:
+            key, (value, event) = next(iter(self._held.items()))
+            with event_context(event):
+                self._write(key, value)
+            del self._held[key]
+            n += 1
+        return n
+
+    def drop(self) -> None:
+        """Forget the held writes (their events are not acked and will be read again)."""
+        self._held.clear()
+
+    def _write(self, key: bytes, value: bytes) -> None:
         self.table[key] = value
+        if self._on_write is not None:
+            self._on_write()
 
 
 class ModelHolder(Service):
@@ -239,12 +281,18 @@ class GenrecWorker:
         self.history = state_table(app, HISTORY_TABLE, s)
         self.batcher: MicroBatcher[Pending] | None = None
         # The logic, apart from Faust (streams/handlers.py); the agents below only wire it.
-        store = TableStore(self.history)
+        store = self.store = TableStore(self.history, self.metrics.history_writes.inc)
+        # The ingest agent's run of handled events whose writes `store` holds (TableStore), not yet acked.
+        self._ingest_run: list[EventT] = []
+        self._ingest_run_since = 0.0
+        self._ingest_lock = asyncio.Lock()
+        self._ingest_stream: StreamT | None = None
         self.ingest = IngestHandler(s, store, self.output, self.metrics)
         self.requests = RequestHandler(s, store, self.output, self.metrics, replies=self.replies)
         self.attempts = Attempts(s.max_attempts)
         self.liveness = Liveness(s.health_stuck_s)
         app.agent(self.events_topic, name="genrec.ingest")(self._ingest_agent)
+        app.timer(interval=s.ingest_coalesce_ms / 1000.0)(self._flush_ingest)
         app.agent(self.requests_topic, name="genrec.infer")(self._infer_agent)
         self.follower = self._follow_models() if s.follow_models and s.model_store is not None else None
         self.metrics.add_lag_source(self._lag)
@@ -322,16 +370,48 @@ class GenrecWorker:
         # restart on a broker that assigns at once (Apache Kafka) the backlog since the kill would otherwise
         # compete for the CPU with the inference child's start (a 16 s load was seen on a loaded 2-core machine).
         await self.model.wait_loaded()
-        async for event in manual.events():
-            token = self.liveness.begin("ingest")
-            try:
-                await self.attempts.run(self.ingest.handle, Record.from_message(event.message), poison)
-            except Exception as exc:
-                await self._fail(manual, event, exc, "ingest")
-                raise
-            finally:
-                self.liveness.end(token)
-            await self._ack(manual, event)
+        limit, window = self.settings.ingest_coalesce_max, self.settings.ingest_coalesce_ms / 1000.0
+        self._ingest_stream = manual
+        try:
+            async for event in manual.events():
+                token = self.liveness.begin("ingest")
+                try:
+                    await self.attempts.run(self.ingest.handle, Record.from_message(event.message), poison)
+                    if not self._ingest_run:
+                        self._ingest_run_since = time.monotonic()
+                    self._ingest_run.append(event)
+                    if len(self._ingest_run) >= limit or time.monotonic() - self._ingest_run_since >= window:
+                        await self._flush_ingest()
+                except Exception as exc:
+                    await self._release_ingest(keep=event)
+                    await self._fail(manual, event, exc, "ingest")
+                    raise
+                finally:
+                    self.liveness.end(token)
+        finally:
+            # Stopping (a rebalance revokes by stopping nothing; a shutdown does): the held run is neither
+            # written nor committed, and is read again by whoever owns its partitions next.
+            await self._release_ingest()
+
+    async def _flush_ingest(self) -> None:
+        """Write the held histories, then ack the run's events (streams/app.py TableStore says why in that
+        order). The agent calls it after a full run; a timer after `ingest_coalesce_ms` when events stop."""
+        async with self._ingest_lock:
+            run, self._ingest_run = self._ingest_run, []
+            if not run:
+                return
+            self.store.flush()
+            for done in run:
+                await self._ack(self._ingest_stream, done)
+
+    async def _release_ingest(self, keep: EventT | None = None) -> None:
+        """Forget the held writes and release the run's acks unrecorded (nothing committed past them), except
+        `keep`, which _fail releases."""
+        self.store.drop()
+        run, self._ingest_run = self._ingest_run, []
+        for held in run:
+            if held is not keep:
+                await self._ingest_stream.ack(held)
 
     async def _infer_agent(self, stream: StreamT) -> None:
         s = self.settings

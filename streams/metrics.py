@@ -112,6 +112,10 @@ class WorkerMetrics:
         self.events = Counter(
             "genrec_events", "Events consumed, by outcome", ["outcome"], registry=r
         )  # appended | duplicate | query | dead_letter
+        # events appended / history writes = how much the ingest coalesced (streams/app.py, TableStore).
+        self.history_writes = Counter(
+            "genrec_history_writes", "History table writes (RocksDB put + changelog record)", registry=r
+        )
         self.requests = Counter("genrec_requests", "Requests received, by source", ["source"], registry=r)
         self.results = Counter("genrec_results", "Results sent", registry=r)
         self.dead_letters = Counter("genrec_dead_letters", "Dead letters sent", ["source_topic"], registry=r)

@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import aiokafka
 import faust
+from faust import streams as faust_streams
 from faust.exceptions import ConsumerNotStarted
 from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, Message, ServiceT
+from faust.types import TP, EventT, Message, ServiceT
 from faust.types.tuples import ack_lock
 from faust.web import drivers as web_drivers
 from genrec.streams import group_handoff
@@ -393,3 +396,20 @@ class GenrecFaustApp(faust.App):
         # the connection, so an operator can tell "starting" from "dead".
         web = [d for d in deps if d is self.web] if self.conf.web_enabled else []
         return [*web, *self.first_services, *(d for d in deps if not any(d is w for w in web))]
+
+
+@contextmanager
+def event_context(event: EventT) -> Iterator[None]:
+    """Faust's current event is `event` inside the block. A table write takes its RocksDB partition and its
+    changelog partition from the current event (Faust's Collection.partition_for_key and the RocksDB store's
+    `_set`), so a write made after the loop moved on (TableStore.flush) names the event it belongs to."""
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
+
+def current_event() -> EventT | None:
+    """The event Faust is processing in this context (None outside an agent)."""
+    return faust_streams.current_event()

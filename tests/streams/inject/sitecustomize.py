@@ -52,10 +52,11 @@ if _SPEC:
     transport._GenrecQueue.put_nowait_enhanced = _lossy_put_nowait_enhanced  # type: ignore[method-assign]
 
 
-# With GENREC_TEST_FAIL_CHANGELOG="key:n:marker[,key:n:marker…]", the worker's n-th changelog record for that
-# table key is never sent: its send fails 3 s later, as a record the broker did not confirm within the request
-# timeout would (meanwhile Faust's periodic commits go on). Once per marker file (created when it fires), so
-# that a restarted worker runs clean.
+# With GENREC_TEST_FAIL_CHANGELOG="key:n:marker[,key:n:marker…]", the worker's first changelog record for that
+# table key whose history holds n events or more (the write that carries the user's n-th event, coalesced with
+# others or not) is never sent: its send fails 3 s later, as a record the broker did not confirm within the
+# request timeout would (meanwhile Faust's periodic commits go on). Once per marker file (created when it fires),
+# so that a restarted worker runs clean.
 _FAIL = os.environ.get("GENREC_TEST_FAIL_CHANGELOG")
 
 if _FAIL:
@@ -65,18 +66,17 @@ if _FAIL:
 
     from aiokafka.errors import KafkaTimeoutError
     from faust.transport.drivers import aiokafka as _faust_aiokafka
+    from genrec.streams import history_codec as _history_codec
 
     _rules = [(k.encode(), int(n), Path(m)) for k, n, m in (spec.split(":", 2) for spec in _FAIL.split(","))]
-    _sent: dict[bytes, int] = {}
     _send = _faust_aiokafka.Producer.send
 
     async def _failing_send(self, topic, key, value, *args, **kwargs):  # type: ignore[no-untyped-def]
         if topic.endswith("-changelog") and key is not None:
-            _sent[key] = _sent.get(key, 0) + 1
             for k, n, marker in _rules:
-                if key == k and _sent[key] == n and not marker.exists():
+                if key == k and len(_history_codec.decode(value)) >= n and not marker.exists():
                     marker.write_text(topic)
-                    print(f"inject: changelog send {topic} key={k.decode()} #{n} refused", file=sys.stderr,
+                    print(f"inject: changelog send {topic} key={k.decode()} (event {n}) refused", file=sys.stderr,
                           flush=True)
                     loop = asyncio.get_running_loop()
                     fut = loop.create_future()
