@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 from genrec.ops.bench_stream import http_get, scrape, start_worker, stop_process, wait_ready
+from genrec.ops.plots import require_matplotlib as _require_matplotlib
 
 
 def global_order(ds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -571,7 +572,9 @@ def summarize(scores: list[dict[str, Any]], cutoff: int, n_eval: int, serve_dela
         windows.append({"events": [int(a), int(b)], "requests": len(rows),
                         "frozen_ndcg@10": mean("frozen_ndcg", rows), "online_ndcg@10": mean("online_ndcg", rows),
                         "frozen_hr@10": mean("frozen_hr", rows), "online_hr@10": mean("online_hr", rows),
-                        **({"retrain_ndcg@10": mean("retrain_ndcg", rows)} if "retrain" in sides else {})})
+                        **({"retrain_ndcg@10": mean("retrain_ndcg", rows)} if "retrain" in sides else {}),
+                        # The band of the prequential plot (ops/plots.py `window_intervals`).
+                        **({"online_minus_frozen_ndcg@10": _paired(rows, "frozen", "online")} if rows else {})})
     f = np.array([s["frozen_ndcg"] for s in scores])
     o = np.array([s["online_ndcg"] for s in scores])
     diff, lo, hi = paired_diff_ci(f, o)
@@ -620,38 +623,14 @@ def _paired(rows: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
     return {"mean": round(diff, 5), "ci95_paired_bootstrap": [round(lo, 5), round(hi, 5)], "requests": len(rows)}
 
 
-def _require_matplotlib() -> Any:
-    """matplotlib, or an error naming the extra that brings it (it is not a core dependency: only plots need it)."""
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise RuntimeError("--plot needs matplotlib: pip install 'genrec[bench]'") from exc
-    return matplotlib
-
-
 def _plot(result: dict[str, Any], path: Path) -> None:
-    matplotlib = _require_matplotlib()
+    """Both NDCG@10 curves per window, and online − frozen with its 95 % band (ops/plots.py `prequential`)."""
+    from genrec.ops.plots import invoked_command, prequential_from_result
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    w = result.get("windows", [])
-    x = [i + 1 for i in range(len(w))]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    curves = [("frozen_ndcg@10", "frozen"), ("online_ndcg@10", "online fine-tuned")]
-    if w and "retrain_ndcg@10" in w[0]:
-        curves.append(("retrain_ndcg@10", f"retrained from scratch every {result.get('retrain_every_waves')} waves"))
-    for key, label in curves:
-        ax.plot(x, [r[key] if r[key] is not None else np.nan for r in w], marker="o", label=label)
-    ax.set_xlabel("window of the evaluated timeline (last 30 % of events, in time order)")
-    ax.set_ylabel("NDCG@10 (next click)")
-    ax.set_title(f"{result['dataset']}: prequential NDCG@10, frozen vs online")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    load = os.getloadavg()[0]
+    prequential_from_result(result, path, command=invoked_command(),
+                            note=f"{os.cpu_count()} cores, 1-minute load average {load:.2f} at the end; "
+                                 f"{result.get('seconds', '?')} s run, broker {result.get('broker', 'tansu')}")
 
 
 def register(app: Any, bench_app: Any) -> None:
@@ -666,7 +645,8 @@ def register(app: Any, bench_app: Any) -> None:
         epochs: int | None = typer.Option(None, "--epochs", help="Epochs of the starting model on the first 70 % "
                                           "(default: the data set preset's, with its early stopping)."),
         work_dir: Path | None = typer.Option(None, "--work-dir", help="Starting model, logs (reused across runs)."),
-        plot: Path = typer.Option(Path("runs/bench-online.png"), "--plot", help="PNG of both NDCG@10 curves."),
+        plot: Path = typer.Option(Path("runs/bench-online.png"), "--plot", help="PNG of both NDCG@10 curves, and "
+                                  "online − frozen with its 95 % band."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object last on stdout."),
         vocabulary: str = typer.Option("full", "--vocabulary", help="The starting model's items: full (every item "
                                        "of the data set) or seen (only those of the first 70 %; the trainer adds "
@@ -678,6 +658,9 @@ def register(app: Any, bench_app: Any) -> None:
     ) -> None:
         """Prequential NDCG@10/HR@10 of a frozen vs an online-fine-tuned model through the real broker."""
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        from genrec.ops.plots import check_matplotlib
+
+        check_matplotlib("genrec bench online")  # --plot always has a path (its default)
         if vocabulary not in ("full", "seen"):
             raise typer.BadParameter("--vocabulary is full or seen")
         result = run_bench_online(dataset, data_dir, events=events, users=users, wave=wave, epochs=epochs,

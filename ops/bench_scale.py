@@ -302,6 +302,7 @@ def run_bench_scale(
     def say(msg: str) -> None:
         print(f"[bench scale] {msg}", file=log or sys.stderr, flush=True)
 
+    load_start = round(os.getloadavg()[0], 2)  # how busy the shared machine was, as `bench stream` records it
     work = Path(tempfile.mkdtemp(prefix="genrec-bench-scale-"))
     try:
         if checkpoint is None:
@@ -346,7 +347,8 @@ def run_bench_scale(
         "bench": "scale",
         "broker": "tansu (embedded, memory)" if broker_kind == "tansu" else "kafka (Apache Kafka, one KRaft node)",
         "worker_env": {**BENCH_ENV, **(worker_env or {})},
-        "machine": {"cpus": cores, "python": platform.python_version()},
+        "machine": {"cpus": cores, "python": platform.python_version(),
+                    "load_avg_1m": [load_start, round(os.getloadavg()[0], 2)]},
         "partitions": partitions,
         "users": users,
         "requests_per_step": requests,
@@ -362,6 +364,27 @@ def run_bench_scale(
     if fo_steps:
         result["failover"] = fo_steps[0]
     return result
+
+
+def plot_scale(result: dict[str, Any], path: Path) -> Path:
+    """Replicas against requests/s, p99 of the backlog on a second axis (ops/plots.py `scale_throughput`)."""
+    from genrec.ops.plots import invoked_command, scale_throughput
+
+    steps, m = result["steps"], result["machine"]
+    load = m.get("load_avg_1m") or []
+    load_text = f", 1-minute load average {load[0]:g} → {load[-1]:g}" if load else ""
+    others = [s["cpu"]["cores_busy_others"] for s in steps if "cpu" in s]
+    others_text = f"; other jobs {min(others):.2f}–{max(others):.2f} cores" if others else ""
+    return scale_throughput(
+        [s["replicas"] for s in steps], [s["requests_per_s"] for s in steps], path,
+        p99_ms=[s.get("p99_ms") for s in steps],
+        title=f"genrec bench scale: replicas vs throughput, {result['broker']}",
+        subtitle=(f"{result['partitions']} partitions, a backlog of {result['requests_per_step']} requests per "
+                  f"replica count, {m['cpus']} cores shared with other jobs{load_text}{others_text}"),
+        command=invoked_command(),
+        note="one torch thread per worker; answered/sent: " + ", ".join(
+            f"{s['replicas']}: {s['answered']}/{s['requests']}" for s in steps) + f"; limit: {result.get('limit')}",
+    )
 
 
 TABLE_HEAD = (

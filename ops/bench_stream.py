@@ -277,6 +277,8 @@ async def request_load(
         "p99_ms": pct(99),
         "p999_ms": pct(99.9),
         "max_ms": pct(100),
+        # Every request's latency, for the CDF plot (run_bench_stream takes them out of the JSON).
+        "latencies_ms": [round(x, 3) for x in latencies],
     }
 
 
@@ -428,11 +430,17 @@ def run_bench_stream(
     ingest_rounds: int = 2,
     broker: str = "tansu",
     log: Any = None,
+    plot: Path | None = None,
 ) -> dict[str, Any]:
+    """The whole benchmark; `plot`: a PNG of the latency CDF per offered rate (ops/plots.py `latency_cdf`)."""
     from genrec.ops.broker import BrokerProcess, check_broker_kind, free_port, new_broker
     from genrec.ops.topics import TopicSpec, create_topics, default_specs
 
     check_broker_kind(broker)
+    if plot is not None:
+        from genrec.ops.plots import require_matplotlib
+
+        require_matplotlib()  # before minutes of benchmark, not after them
 
     def say(msg: str) -> None:
         print(f"[bench stream] {msg}", file=log or sys.stderr, flush=True)
@@ -440,6 +448,7 @@ def run_bench_stream(
     # Other jobs on a shared box slow every figure down: the run records how busy the machine was.
     load_start = round(os.getloadavg()[0], 2)
     work = Path(tempfile.mkdtemp(prefix="genrec-bench-stream-"))
+    samples: dict[float, list[float]] = {}
     worker: subprocess.Popen[bytes] | None = None
     try:
         if checkpoint is None:
@@ -520,6 +529,7 @@ def run_bench_stream(
                 for rate in rates:
                     say(f"requests at {rate:g}/s for {seconds:g}s")
                     step = asyncio.run(request_load(bs, "genrec.requests", "genrec.results", user_ids, rate, seconds))
+                    samples[rate] = step.pop("latencies_ms")
                     say(f"  {step}")
                     steps.append(step)
                     if step["received"] < step["sent"]:
@@ -550,7 +560,7 @@ def run_bench_stream(
     peer = {"ratio_kafka_streams_to_passthrough": round(ceilings["kafka_streams"]["eps"] / pt, 3),
             "ratio_ingest_to_kafka_streams": round(gi / ceilings["kafka_streams"]["eps"], 3)} \
         if "kafka_streams" in ceilings else {}
-    return {
+    result: dict[str, Any] = {
         "bench": "stream",
         "broker": BROKER_NAMES[broker],
         "broker_kind": broker,
@@ -577,6 +587,27 @@ def run_bench_stream(
             "ingest_ge_half_of_passthrough": gi / pt >= TARGET_INGEST_TO_PASSTHROUGH,
         },
     }
+    if plot is not None:
+        result["plot"] = str(plot_latency_cdf(result, samples, plot))
+    return result
+
+
+def plot_latency_cdf(result: dict[str, Any], samples: dict[float, list[float]], path: Path) -> Path:
+    """The latency CDF per offered rate of one run (`samples`: rate → every answered request's latency, ms)."""
+    from genrec.ops.plots import invoked_command, latency_cdf
+
+    m = result["machine"]
+    load = m.get("load_avg_1m") or []
+    load_text = f", 1-minute load average {load[0]:g} → {load[-1]:g}" if load else ""
+    return latency_cdf(
+        samples, path,
+        title=f"genrec bench stream: end-to-end latency, {result['broker']}",
+        subtitle=f"model {result.get('model_version')} on {m.get('cpus')} cores shared with other jobs{load_text}",
+        target_ms=TARGET_P99_MS, command=invoked_command(),
+        note=(f"one worker, CPU inference, torch {m.get('torch', '?')}; {result.get('users')} users; each rate "
+              f"held {result.get('seconds', 0):g} s; best sustained rate with p99 ≤ {TARGET_P99_MS:g} ms: "
+              f"{result.get('best_sustained_rps_p99_le_250ms', 0):g} req/s"),
+    )
 
 
 def best_sustained_rate(steps: list[dict[str, Any]], p99_ms: float = TARGET_P99_MS) -> float:

@@ -104,8 +104,15 @@ def train(
     refit_from: Annotated[Path | None, typer.Option(
         "--refit-from", help="checkpoint of a validated run with the same settings: retrain from scratch on train + "
         "validation for its best epoch count and LR steps, no early stopping (HSTU's ML-1M protocol)")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="PNG of the training loss and the validation figures per epoch (needs the bench extra: "
+        "matplotlib); the history itself is in the checkpoint's metrics.json")] = None,
 ) -> None:
     """Train on the leave-one-out training part, early-stop on validation, evaluate on test, save."""
+    if plot is not None:
+        from genrec.ops.plots import check_matplotlib
+
+        check_matplotlib("genrec train")  # before the data set loads and the epochs run
     from genrec.model.checkpoint import save_checkpoint
     from genrec.model.data import train_popularity
     from genrec.model.train import fit_and_test, refit_schedule
@@ -156,9 +163,25 @@ def train(
                            metrics=metrics, extra_meta=popularity)
     out_json: dict[str, Any] = {"checkpoint": str(path), "test": test, "best_epoch": result.best_epoch,
                                 "train_seconds": round(result.train_seconds, 1)}
+    if plot is not None:
+        out_json["plot"] = str(_plot_training(metrics, plot, ds.name, run.train.device))
     if ds.load_report:
         out_json["data"] = ds.summary()  # the user's file: rows, duplicates dropped, the timestamp unit found
     typer.echo(json.dumps(out_json))
+
+
+def _plot_training(metrics: dict[str, Any], path: Path, dataset: str, device: str | None) -> Path:
+    import os
+
+    import torch
+    from genrec.ops.plots import invoked_command, training_curves_from_metrics
+
+    dev = check_device(device)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    note = (f"{where}, torch {torch.__version__}, 1-minute load average {os.getloadavg()[0]:.2f} at the end; "
+            f"{metrics.get('train_tokens_per_s', 0):,.0f} training tokens/s; test: " + ", ".join(
+                f"{k} {metrics['test'][k]:.4f}" for k in ("served_ndcg@10", "served_hr@10") if k in metrics["test"]))
+    return training_curves_from_metrics(metrics, path, dataset=dataset, command=invoked_command(), note=note)
 
 
 def eval_cmd(

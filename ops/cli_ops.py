@@ -94,6 +94,8 @@ def bench_scale(
     broker: str = typer.Option("tansu", "--broker", help="tansu (embedded) or kafka (Apache Kafka)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object last on stdout."),
     update_benchmarks: bool = typer.Option(False, "--update-benchmarks", help="Write the BENCHMARKS.md section."),
+    plot: Path | None = typer.Option(None, "--plot", help="PNG of replicas against requests/s, with p99 on a second "
+                                     "axis (needs the bench extra: matplotlib)."),
 ) -> None:
     """Requests/s with 1, 2, 3 replicas on a fresh embedded broker, ratios, CPU per process; then a SIGKILL
     failover with 3 replicas (requests lost, recovery time)."""
@@ -116,6 +118,10 @@ def bench_scale(
     except ValueError as exc:
         typer.echo(f"genrec bench scale: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if plot is not None:
+        from genrec.ops.plots import check_matplotlib
+
+        check_matplotlib("genrec bench scale")
     result = run_bench_scale(
         checkpoint=checkpoint,
         replicas=counts,
@@ -133,6 +139,10 @@ def bench_scale(
     if update_benchmarks:
         command = "genrec bench scale " + shlex.join(a for a in sys.argv[3:] if a != "--update-benchmarks")
         write_benchmarks_section(result, Path("BENCHMARKS.md"), command.strip())
+    if plot is not None:
+        from genrec.ops.bench_scale import plot_scale
+
+        result["plot"] = str(plot_scale(result, plot))
     if json_out:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

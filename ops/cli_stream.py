@@ -155,6 +155,8 @@ def bench_stream(
                                     "Streams peer)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object last on stdout."),
     update_benchmarks: bool = typer.Option(False, "--update-benchmarks", help="Write the BENCHMARKS.md section."),
+    plot: Path | None = typer.Option(None, "--plot", help="PNG of the end-to-end latency CDF per offered rate "
+                                     "(needs the bench extra: matplotlib)."),
 ) -> None:
     """Sustained requests at increasing rates on a fresh broker; throughput, latency percentiles, and the
     pass-through / stateful Faust ceilings (and on Kafka the Kafka Streams peer) measured in the same run."""
@@ -168,7 +170,12 @@ def bench_stream(
     if broker not in ("tansu", "kafka"):
         typer.echo(f"genrec bench stream: --broker must be tansu or kafka, not {broker!r}", err=True)
         raise typer.Exit(2)
+    if plot is not None:
+        from genrec.ops.plots import check_matplotlib
+
+        check_matplotlib("genrec bench stream")
     result = run_bench_stream(
+        plot=plot,
         broker=broker,
         checkpoint=checkpoint,
         rates=rate_list,
