@@ -82,8 +82,9 @@ def _heading(title: str, subtitle: str, width: int = 90) -> str:
     return "\n".join([title, *textwrap.wrap(subtitle, width)])
 
 
-def _save(fig: Any, path: Path, *, title: str, command: str, note: str) -> Path:
-    """Footer (command, date, note), caption chunks, then the file."""
+def _save(fig: Any, path: Path, *, title: str, command: str, note: str, subtitle: str = "") -> Path:
+    """Footer (command, date, note), caption chunks (the subtitle drawn under the title is part of the
+    `Comment`: it names the machine and how busy it was), then the file."""
     date = today()
     width = int(fig.get_figwidth() * 18)  # characters of 7 pt text across the figure
     lines = [ln for x in (f"{command}  ({date})" if command else date, note) if x for ln in textwrap.wrap(x, width)]
@@ -91,7 +92,8 @@ def _save(fig: Any, path: Path, *, title: str, command: str, note: str) -> Path:
     fig.tight_layout(rect=(0, (0.125 * len(lines) + 0.05) / fig.get_figheight(), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"Title": title, "Command": command or None, "Creation Time": date, "Comment": note or None}
+    comment = "; ".join(x for x in (subtitle, note) if x)
+    meta = {"Title": title, "Command": command or None, "Creation Time": date, "Comment": comment or None}
     fig.savefig(path, dpi=DPI, metadata=meta)
     import matplotlib.pyplot as plt
 
@@ -137,7 +139,7 @@ def latency_cdf(samples: Mapping[float, Sequence[float]], path: Path, *, title: 
                 command: str = "", note: str = "", target_ms: float | None = None) -> Path:
     """One empirical CDF of end-to-end latency (ms, log axis) per offered rate (req/s)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, ax = plt.subplots(figsize=(10, 4.6))
     for rate in sorted(samples):
         xs = sorted(float(x) for x in samples[rate])
         if not xs:
@@ -161,8 +163,8 @@ def latency_cdf(samples: Mapping[float, Sequence[float]], path: Path, *, title: 
     ax.set_ylabel("share of requests answered within")
     ax.set_title(_heading(title, subtitle), fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path, title=title, command=command, note=note)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the curves, never over them
+    return _save(fig, path, title=title, command=command, note=note, subtitle=subtitle)
 
 
 # ------------------------------------------------------------------------ scale: replicas vs throughput
@@ -193,7 +195,7 @@ def scale_throughput(replicas: Sequence[int], requests_per_s: Sequence[float], p
     ax.legend(handles, labels, fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     ax.set_title(_heading(title, subtitle), fontsize=10)
-    return _save(fig, path, title=title, command=command, note=note)
+    return _save(fig, path, title=title, command=command, note=note, subtitle=subtitle)
 
 
 # ------------------------------------------------------------------------ train: loss and validation per epoch
@@ -225,9 +227,9 @@ def training_curves(history: Sequence[Mapping[str, float]], path: Path, *, title
     handles, labels = right.get_legend_handles_labels()
     if rank:
         twin = right.twinx()
-        for k in rank:
-            twin.plot(epochs, [r.get(k, math.nan) for r in history], ls="--", marker=".", label=k.removeprefix(
-                "valid_"))
+        for k, color in zip(rank, ("tab:purple", "tab:brown"), strict=False):  # not the left axis' colours
+            twin.plot(epochs, [r.get(k, math.nan) for r in history], ls="--", marker=".", color=color,
+                      label=k.removeprefix("valid_"))
         twin.set_ylabel("AUC / GAUC (dashed)")
         h2, l2 = twin.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
@@ -334,7 +336,8 @@ def prequential(windows: Sequence[Mapping[str, Any]], path: Path, *, title: str,
     bottom.set_xticks(x)
     bottom.grid(alpha=0.3)
     bottom.legend(fontsize=7, loc="best")
-    return _save(fig, path, title=title, command=command, note=note)
+    note = "; ".join(x for x in (f"band: {BAND_TEXT[kind]}" if kind else "", note) if x)
+    return _save(fig, path, title=title, command=command, note=note, subtitle=subtitle)
 
 
 def prequential_from_result(result: Mapping[str, Any], path: Path, *, command: str = "", note: str = "") -> Path:

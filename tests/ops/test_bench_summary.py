@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from genrec.ops.bench_summary import END, START, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,3 +132,21 @@ def test_a_chaos_soak_gets_a_row_with_its_losses_and_recovery() -> None:
     cells = [c.strip() for c in chaos_line(result, "docs/bench/chaos-kafka.json").strip("|").split("|")]
     assert cells[:9] == ["kafka", "2", "4", "40", "0 / 100", "1 / 90", "0", "2.5 s / 4 s", "—"]
     assert cells[-1] == "[JSON](docs/bench/chaos-kafka.json)"
+
+
+def test_every_figure_gets_a_line_from_its_own_caption(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from genrec.ops.plots import scale_throughput, today
+
+    md, bench = _tree(tmp_path)
+    scale_throughput([1, 2], [500.0, 700.0], bench / "scale-throughput.png", title="Replicas vs throughput",
+                     command="genrec bench scale --plot docs/bench/scale-throughput.png", note="load average 1.5")
+    (bench / "bare.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a figure without a caption: its name
+    args = ["--benchmarks", str(md), "--bench-dir", str(bench)]
+    assert main(args) == 0
+    block = _block(md)
+    assert "- [bare.png](docs/bench/bare.png)." in block
+    assert (f"- [Replicas vs throughput](docs/bench/scale-throughput.png): `genrec bench scale --plot "
+            f"docs/bench/scale-throughput.png`, {today()}; load average 1.5.") in block
+    assert block.index("**Figures**") < block.index("**Quality**")
+    assert main([*args, "--check"]) == 0

@@ -64,7 +64,7 @@ def test_each_figure_is_a_png_with_its_caption(tmp_path: Path, mpl: Any) -> None
         _png(path)
     meta = plots.png_text(cdf)
     assert meta["Title"] == "latency" and meta["Command"] == "genrec bench stream --plot cdf.png"
-    assert meta["Comment"] == "load average 1.5 → 2"  # not latin-1: an iTXt chunk, read back as UTF-8
+    assert meta["Comment"] == "model m, 2 cores; load average 1.5 → 2"  # not latin-1: iTXt, read back as UTF-8
     assert meta["Creation Time"] == plots.today()
     assert "Command" not in plots.png_text(scale)  # no command given, no empty chunk
     assert plots.png_text(online)["Title"] == "ml-100k: prequential NDCG@10, frozen vs online"
