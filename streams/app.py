@@ -389,8 +389,9 @@ class GenrecWorker:
                 finally:
                     self.liveness.end(token)
         finally:
-            # Stopping (a rebalance revokes by stopping nothing; a shutdown does): the held run is neither
-            # written nor committed, and is read again by whoever owns its partitions next.
+            # The agent stops (a shutdown; a rebalance does not stop it, and the timer flushes the run within the
+            # window, so Faust's wait for acks ends): the held run is neither written nor committed, and is read
+            # again by whoever owns its partitions next.
             await self._release_ingest()
 
     async def _flush_ingest(self) -> None:
