@@ -293,6 +293,7 @@ class GenrecWorker:
         self.liveness = Liveness(s.health_stuck_s)
         app.agent(self.events_topic, name="genrec.ingest")(self._ingest_agent)
         app.timer(interval=s.ingest_coalesce_ms / 1000.0)(self._flush_ingest)
+        app.before_wait_empty.append(self._flush_ingest)
         app.agent(self.requests_topic, name="genrec.infer")(self._infer_agent)
         self.follower = self._follow_models() if s.follow_models and s.model_store is not None else None
         self.metrics.add_lag_source(self._lag)
@@ -396,7 +397,8 @@ class GenrecWorker:
 
     async def _flush_ingest(self) -> None:
         """Write the held histories, then ack the run's events (streams/app.py TableStore says why in that
-        order). The agent calls it after a full run; a timer after `ingest_coalesce_ms` when events stop."""
+        order). The agent calls it after a full run; a timer after `ingest_coalesce_ms` when events stop; the app
+        before it waits for every message to be acked (a stop or a revoke, which would otherwise wait forever)."""
         async with self._ingest_lock:
             run, self._ingest_run = self._ingest_run, []
             if not run:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import socket
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -335,6 +335,10 @@ class GenrecFaustApp(faust.App):
         self.first_services: list[ServiceT] = []
         # Topics whose messages count as acked only after mark_processed (see _Consumer.ack).
         self.agent_acked_topics: set[str] = set()
+        # Run before Faust waits for every fetched message to be acked (a stop, a revoke): work an agent holds
+        # unacked finishes first (the ingest's coalesced run, streams/app.py), instead of waiting for a timer
+        # that a stop has already cancelled.
+        self.before_wait_empty: list[Callable[[], Awaitable[None]]] = []
         kwargs.setdefault("Table", _GenrecTable)
         kwargs.setdefault("TableManager", _TableManager)
         super().__init__(*args, **kwargs)
@@ -348,6 +352,11 @@ class GenrecFaustApp(faust.App):
         )
         self.checkpoint.add_changelog("changelogs", lambda: self.producer.flush())
         discard_unconfirmed_state(datadir, Path(self.conf.tabledir))
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        for finish in self.before_wait_empty:
+            await finish()
+        await super()._consumer_wait_empty(consumer, logger)
 
     def mark_processed(self, message: Message) -> None:
         """Call right before acking a message of `agent_acked_topics` that the agent has finished."""

@@ -14,9 +14,10 @@ import time
 
 import pytest
 from genrec.ops.chaos import committed_offsets
-from genrec.schemas.messages import RecRequest, encode
+from genrec.schemas.messages import Event, RecRequest, encode
+from genrec.streams import history_codec
 
-from tests.streams.conftest import FAST_GROUP_ENV, WorkerHandle, read_until, values
+from tests.streams.conftest import FAST_GROUP_ENV, WorkerHandle, produce, read_until, values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -69,3 +70,22 @@ def test_sigterm_mid_backlog_finishes_in_flight_commits_it_and_leaves(worker_fac
     ids = [v["request_id"] for v in values(recs)]
     assert set(ids) == set(where), f"{len(set(where) - set(ids))} never answered\n{w.log_tail()}"
     assert len(ids) == N, f"{len(ids) - N} answered twice"
+
+
+def test_sigterm_with_a_held_run_writes_it_acks_it_and_leaves(worker_factory) -> None:
+    """History writes are held per user for up to GENREC_INGEST_COALESCE_MS (streams/app.py, TableStore), their
+    events unacked. A stop waits for every fetched message to be acked; with a window far longer than the stop,
+    only the flush before that wait (GenrecFaustApp.before_wait_empty) lets the worker leave, the history written."""
+    w: WorkerHandle = worker_factory()
+    w.extra_env = {"GENREC_INGEST_COALESCE_MS": "10000"}
+    w.start()
+    events = [Event(event_id=f"held-{i}", user_id="held-user", ts=NOW + i, type="click", item_id=str(1 + i))
+              for i in range(3)]
+    produce(w.bootstrap, [(w.topics.events, b"held-user", encode(e)) for e in events])
+    w.wait_counter("genrec_events_total", 3, outcome="appended")
+    assert w.counter("genrec_history_writes_total") == 0  # held: the window is 10 s
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(30) == 0, w.log_tail()
+    changelog = f"{w.app_id}-user_history-changelog"
+    records = [r for r in read_until(w.bootstrap, changelog, lambda rs: len(rs) >= 1, 10.0) if r.key == b"held-user"]
+    assert [history_codec.decode(r.value).item_ids for r in records] == [["1", "2", "3"]]
