@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from genrec.model.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from genrec.model.checkpoint import load_checkpoint, save_checkpoint
 from genrec.model.data import load_dataset
 from genrec.model.serving import Recommender
 from genrec.model.vocab import grow_items
@@ -55,13 +55,12 @@ def crowding(ckpt_path: Path, dataset: str, data_dir: Path | None, *, users: int
 
     base = lists(Recommender(ck))
     rows = []
-    meta = read_meta(ckpt_path)
     for m in new:
         new_ids = [f"genrec-new-item-{j}" for j in range(m)]
         grown, vocab = grow_items(ck.model, ck.item_ids, new_ids, seed=seed)
         with tempfile.TemporaryDirectory(prefix="genrec-crowding-") as d:
             save_checkpoint(Path(d) / "grown", grown, vocab, dataset=ck.meta.get("dataset", dataset),
-                            train_config=meta.get("train_config", {}))
+                            train_config=ck.meta.get("train_config", {}))
             served = lists(Recommender(load_checkpoint(Path(d) / "grown")))
         fresh = set(new_ids)
         share = np.mean([sum(x in fresh for x in s) / max(len(s), 1) for s in served])
