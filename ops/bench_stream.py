@@ -397,8 +397,8 @@ def measure_worker_ingest(
             seconds = now - t_first
             out = {"events": int(c), "seconds": round(seconds, 3), "eps": round((c - c_first) / seconds, 1)}
             # How much the ingest coalesced its history writes (streams/app.py, TableStore): all events ingested,
-            # the last run is flushed within GENREC_INGEST_COALESCE_MS.
-            time.sleep(0.5)
+            # the last run is written by the next offset commit (GENREC_COMMIT_INTERVAL_S, 1 s).
+            time.sleep(1.5)
             writes = scrape(port).get("genrec_history_writes_total")
             if writes:
                 out["history_writes"] = int(writes)

@@ -125,9 +125,10 @@ class TableStore:
     `flush` writes each key once, in that event's context (its partition), and the ingest agent acks the run's
     events only after it: the commit protocol then confirms the changelog before any of their offsets is
     committed, as with one write per event. A read sees the held value, so the infer agent and the next event
-    of the same user never read a stale history: holding delays only the commit. The agent flushes after
-    `ingest_coalesce_max` events or `ingest_coalesce_ms`. A crash or stop before a flush loses nothing: those
-    events were never acked, and are read again.
+    of the same user never read a stale history: holding delays only the commit. The run is flushed before every
+    offset commit, like Kafka Streams flushes its record cache on commit (so a commit covers every event processed
+    before it, as with one write per event), or sooner after `ingest_coalesce_max` events (or `ingest_coalesce_ms`
+    when set). A crash or stop before a flush loses nothing: those events were never acked, and are read again.
     """
 
     def __init__(self, table: Any, on_write: Callable[[], None] | None = None) -> None:
@@ -292,8 +293,10 @@ class GenrecWorker:
         self.attempts = Attempts(s.max_attempts)
         self.liveness = Liveness(s.health_stuck_s)
         app.agent(self.events_topic, name="genrec.ingest")(self._ingest_agent)
-        app.timer(interval=s.ingest_coalesce_ms / 1000.0)(self._flush_ingest)
-        app.before_wait_empty.append(self._flush_ingest)
+        # The run is written and acked before every offset commit (and before a stop or revoke waits for acks).
+        app.finish_held_work.append(self._flush_ingest)
+        if s.ingest_coalesce_ms is not None:
+            app.timer(interval=s.ingest_coalesce_ms / 1000.0)(self._flush_ingest)
         app.agent(self.requests_topic, name="genrec.infer")(self._infer_agent)
         self.follower = self._follow_models() if s.follow_models and s.model_store is not None else None
         self.metrics.add_lag_source(self._lag)
@@ -371,7 +374,8 @@ class GenrecWorker:
         # restart on a broker that assigns at once (Apache Kafka) the backlog since the kill would otherwise
         # compete for the CPU with the inference child's start (a 16 s load was seen on a loaded 2-core machine).
         await self.model.wait_loaded()
-        limit, window = self.settings.ingest_coalesce_max, self.settings.ingest_coalesce_ms / 1000.0
+        limit = self.settings.ingest_coalesce_max
+        window = float("inf") if self.settings.ingest_coalesce_ms is None else self.settings.ingest_coalesce_ms / 1e3
         self._ingest_stream = manual
         try:
             async for event in manual.events():
@@ -390,15 +394,17 @@ class GenrecWorker:
                 finally:
                     self.liveness.end(token)
         finally:
-            # The agent stops (a shutdown; a rebalance does not stop it, and the timer flushes the run within the
-            # window, so Faust's wait for acks ends): the held run is neither written nor committed, and is read
+            # The agent stops (a shutdown; a rebalance does not stop it, and the revoke's commit flushes the run, so
+            # Faust's wait for acks ends): the held run is neither written nor committed, and is read
             # again by whoever owns its partitions next.
             await self._release_ingest()
 
     async def _flush_ingest(self) -> None:
         """Write the held histories, then ack the run's events (streams/app.py TableStore says why in that
-        order). The agent calls it after a full run; a timer after `ingest_coalesce_ms` when events stop; the app
-        before it waits for every message to be acked (a stop or a revoke, which would otherwise wait forever)."""
+        order). The consumer calls it before every offset commit (transport `finish_held_work`: the periodic
+        commit, a stop's, a revoke's) and before it waits for every message to be acked (a stop or a revoke, which
+        would otherwise wait forever); the agent after a full run (and a timer after `ingest_coalesce_ms`, if
+        set)."""
         async with self._ingest_lock:
             run, self._ingest_run = self._ingest_run, []
             if not run:

@@ -92,16 +92,17 @@ class _ChildProcessCollector(Collector):
 
 
 def install_faust_sensors(app: Any, registry: CollectorRegistry) -> None:
-    """Faust's Prometheus sensors (faust.sensors.prometheus) on `registry`, served by our own /metrics.
+    """Faust's Prometheus sensors on `registry`, served by our own /metrics, with the per-message and per-event
+    ones counted cheaply and exported at scrape time (streams/faust_monitor.py says why).
 
     faust's `setup_prometheus_sensors` would also add a second /metrics page and default to the global registry;
-    only its metrics and its monitor are taken. PrometheusMonitor is a Monitor, so the offsets the lag gauge
-    reads (tp_read_offsets, tp_end_offsets) are kept as before. Call before the app starts: Faust registers the
+    only its metrics are taken. The monitor is a Faust Monitor, so the offsets the lag gauge reads
+    (tp_read_offsets, tp_end_offsets) are kept as before. Call before the app starts: Faust registers the
     monitor as a sensor then.
     """
-    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+    from genrec.streams import faust_monitor
 
-    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, FAUST_PREFIX))
+    faust_monitor.install(app, registry, FAUST_PREFIX)
 
 
 class WorkerMetrics:

@@ -178,11 +178,13 @@ class StreamSettings(BaseSettings):
     inference_timeout_s: float = Field(default=60.0, gt=0)
     # A record (an event, or a request's inference) that fails this many times is dead-lettered as `poison`.
     max_attempts: int = Field(default=3, ge=1, le=100)
-    # History writes are coalesced per user over a run of events (a Kafka Streams record cache): the run is written
-    # and its events acked after this many events or this many ms, whichever comes first; reads see the held
-    # writes at once. 1 event writes every event through (streams/app.py, TableStore).
-    ingest_coalesce_max: int = Field(default=1000, ge=1, le=100_000)
-    ingest_coalesce_ms: float = Field(default=100.0, gt=0.0, le=10_000.0)
+    # History writes are coalesced per user over a run of events, like Kafka Streams' record cache: the run is
+    # written and its events acked before the next offset commit (every `commit_interval_s`, a stop, a revoke), or
+    # sooner after this many events, or after `ingest_coalesce_ms` when set; reads see the held writes at once.
+    # 1 event writes every event through (streams/app.py, TableStore). Memory: one history per user held (about
+    # 4 KB at history_len 200), so at most ~40 MB at the default bound.
+    ingest_coalesce_max: int = Field(default=10_000, ge=1, le=100_000)
+    ingest_coalesce_ms: float | None = Field(default=None, gt=0.0, le=60_000.0)
     # /health answers 503 when a piece of work (an event, an inference batch) runs longer than this.
     health_stuck_s: float = Field(default=180.0, gt=0)
     torch_threads: int | None = Field(default=None, ge=1)

@@ -90,6 +90,14 @@ class _Consumer(faust_aiokafka.Consumer):
             pass
         await super().commit_and_end_transactions()
 
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Every commit (the periodic one, a stop's, a revoke's) first finishes the work agents hold unacked
+        (`GenrecFaustApp.finish_held_work`): the ingest holds its events until their coalesced history writes
+        are made, and acking them here lets this commit cover them instead of the next one."""
+        for finish in self.app.finish_held_work:
+            await finish()
+        return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+
     async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
         """Every offset commit goes through the commit protocol (streams/checkpoint.py): outputs and
         changelogs flushed, every send confirmed, then Faust's commit; a failed send commits nothing."""
@@ -335,10 +343,10 @@ class GenrecFaustApp(faust.App):
         self.first_services: list[ServiceT] = []
         # Topics whose messages count as acked only after mark_processed (see _Consumer.ack).
         self.agent_acked_topics: set[str] = set()
-        # Run before Faust waits for every fetched message to be acked (a stop, a revoke): work an agent holds
-        # unacked finishes first (the ingest's coalesced run, streams/app.py), instead of waiting for a timer
-        # that a stop has already cancelled.
-        self.before_wait_empty: list[Callable[[], Awaitable[None]]] = []
+        # Work an agent holds unacked (the ingest's coalesced run, streams/app.py), finished and acked before every
+        # offset commit, so that the commit covers it, and before Faust waits for every fetched message to be
+        # acked (a stop, a revoke), which would otherwise wait for a timer that a stop has already cancelled.
+        self.finish_held_work: list[Callable[[], Awaitable[None]]] = []
         kwargs.setdefault("Table", _GenrecTable)
         kwargs.setdefault("TableManager", _TableManager)
         super().__init__(*args, **kwargs)
@@ -354,7 +362,7 @@ class GenrecFaustApp(faust.App):
         discard_unconfirmed_state(datadir, Path(self.conf.tabledir))
 
     async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
-        for finish in self.before_wait_empty:
+        for finish in self.finish_held_work:
             await finish()
         await super()._consumer_wait_empty(consumer, logger)
 

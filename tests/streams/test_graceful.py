@@ -16,6 +16,7 @@ import pytest
 from genrec.ops.chaos import committed_offsets
 from genrec.schemas.messages import Event, RecRequest, encode
 from genrec.streams import history_codec
+from genrec.streams.handlers import partition_for
 
 from tests.streams.conftest import FAST_GROUP_ENV, WorkerHandle, produce, read_until, values
 
@@ -73,19 +74,38 @@ def test_sigterm_mid_backlog_finishes_in_flight_commits_it_and_leaves(worker_fac
 
 
 def test_sigterm_with_a_held_run_writes_it_acks_it_and_leaves(worker_factory) -> None:
-    """History writes are held per user for up to GENREC_INGEST_COALESCE_MS (streams/app.py, TableStore), their
-    events unacked. A stop waits for every fetched message to be acked; with a window far longer than the stop,
-    only the flush before that wait (GenrecFaustApp.before_wait_empty) lets the worker leave, the history written."""
+    """History writes are held per user until the next offset commit (streams/app.py, TableStore), their events
+    unacked. A stop waits for every fetched message to be acked; with commits far apart, only the flush before
+    that wait (GenrecFaustApp.finish_held_work) lets the worker leave, the history written."""
     w: WorkerHandle = worker_factory()
-    w.extra_env = {"GENREC_INGEST_COALESCE_MS": "10000"}
+    w.extra_env = {"GENREC_COMMIT_INTERVAL_S": "60"}
     w.start()
     events = [Event(event_id=f"held-{i}", user_id="held-user", ts=NOW + i, type="click", item_id=str(1 + i))
               for i in range(3)]
     produce(w.bootstrap, [(w.topics.events, b"held-user", encode(e)) for e in events])
     w.wait_counter("genrec_events_total", 3, outcome="appended")
-    assert w.counter("genrec_history_writes_total") == 0  # held: the window is 10 s
+    assert w.counter("genrec_history_writes_total") == 0  # held: the next commit is a minute away
     w.proc.send_signal(signal.SIGTERM)
     assert w.proc.wait(30) == 0, w.log_tail()
     changelog = f"{w.app_id}-user_history-changelog"
     records = [r for r in read_until(w.bootstrap, changelog, lambda rs: len(rs) >= 1, 10.0) if r.key == b"held-user"]
     assert [history_codec.decode(r.value).item_ids for r in records] == [["1", "2", "3"]]
+
+
+def test_each_commit_writes_the_held_run_and_covers_its_events(worker_factory) -> None:
+    """No timer: the periodic commit itself writes the held histories, then commits the events' offsets."""
+    w: WorkerHandle = worker_factory()
+    w.extra_env = {"GENREC_COMMIT_INTERVAL_S": "2"}
+    w.start()
+    events = [Event(event_id=f"run-{i}", user_id="run-user", ts=NOW + i, type="click", item_id=str(1 + i))
+              for i in range(3)]
+    produce(w.bootstrap, [(w.topics.events, b"run-user", encode(e)) for e in events])  # offsets 0, 1, 2 of a new topic
+    w.wait_counter("genrec_events_total", 3, outcome="appended")
+    w.wait_counter("genrec_history_writes_total", 1, timeout_s=10)
+    assert w.counter("genrec_history_writes_total") == 1  # the three events in one write
+    partitions = int(FAST_GROUP_ENV["GENREC_PARTITIONS"])
+    partition = partition_for(b"run-user", partitions)
+    deadline = time.monotonic() + 10
+    while committed_offsets(w.bootstrap, w.app_id, w.topics.events, partitions).get(partition) != 3:
+        assert time.monotonic() < deadline, "the events written were not committed by the next commit"
+        time.sleep(0.5)
