@@ -148,8 +148,9 @@ def bench_stream(
     seconds: float = typer.Option(10.0, "--seconds", help="Duration of each rate step."),
     ceiling_events: int = typer.Option(20_000, "--ceiling-events", help="Events for each ceiling measurement."),
     users: int = typer.Option(200, "--users", help="Distinct users in the load."),
-    ingest_rounds: int = typer.Option(2, "--ingest-rounds", min=1,
-                                      help="Alternated stateful-ceiling / ingest measurements (best of each)."),
+    ingest_rounds: int = typer.Option(3, "--ingest-rounds", min=1,
+                                      help="Alternated pass-through / stateful-ceiling / ingest measurements "
+                                           "(best of each; each round's ingest / pass-through kept)."),
     broker: str = typer.Option("tansu", "--broker",
                                help="tansu (embedded) or kafka (Apache Kafka, one KRaft node; adds the Kafka "
                                     "Streams peer)."),

@@ -26,9 +26,12 @@ def _result(p99_300: float | None) -> dict:
         "users": 200, "events_per_user": 100.0, "steps": steps, "best_sustained_rps_p99_le_250ms": 298.0,
         "mean_batch_size": 11.2, "mean_inference_ms_per_batch": 20.5,
         "ceilings": {"passthrough": {"eps": 9000.0}, "stateful": {"eps": 2000.0}, "genrec_ingest": {"eps": 1900.0},
-                     "rounds": [{"stateful": {"eps": 2000.0}, "genrec_ingest": {"eps": 1700.0}},
-                                {"stateful": {"eps": 1800.0}, "genrec_ingest": {"eps": 1900.0}}]},
+                     "rounds": [{"passthrough": {"eps": 9000.0}, "stateful": {"eps": 2000.0},
+                                 "genrec_ingest": {"eps": 1700.0}},
+                                {"passthrough": {"eps": 8500.0}, "stateful": {"eps": 1800.0},
+                                 "genrec_ingest": {"eps": 1900.0}}]},
         "ratio_ingest_to_stateful": 0.95, "ratio_ingest_to_passthrough": 0.21,
+        "ratio_ingest_to_passthrough_rounds": [0.189, 0.224],
     }
 
 
@@ -42,7 +45,7 @@ def test_the_section_names_its_command_and_replaces_only_itself(tmp_path: Path) 
     assert "`genrec bench stream --json --update-benchmarks`" in text and "torch 2.13.0" in text
     assert "| 300 | 3000 | 3000 | 298 | 60 | 120 | — |" in text  # a missing percentile prints as a dash
     assert "**0.21**" in text and "stateful ceiling =\n0.95" in text  # ingest / pass-through, then / stateful
-    assert "2000 / 1700, 1800 / 1900 events/s per round" in text
+    assert "9000 / 2000 / 1700, 8500 / 1800 / 1900 events/s per round (ingest / pass-through 0.19, 0.22)" in text
     write_benchmarks_section(_result(None), path)
     again = path.read_text()
     assert again.count(SECTION_START) == 1 and "| 300 | 3000 | 10 |" in again
