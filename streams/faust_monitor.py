@@ -3,10 +3,11 @@ time.
 
 Faust's `PrometheusMonitor` updates up to eight Prometheus metrics for every message an agent reads: a labelled
 counter's `labels()` is a dict lookup under a lock, the per-stream label is rebuilt with a regex for every event,
-and every event's runtime goes into a histogram. Measured on the ingest (`genrec bench stream`, BENCHMARKS.md):
-about 30 µs an event, a seventh of what the whole ingest costs on Apache Kafka. Faust's base `Monitor` already
-counts the same things in plain ints and dicts (the lag gauge reads its offsets); this monitor keeps only those
-on the hot path and turns them into the same metric families, under the same names, when /metrics is scraped.
+and every event's runtime goes into a histogram. Measured on the ingest (docs/bench/history.md, "History written at
+each commit"): about 30 µs an event, a seventh of what the whole ingest cost on Apache Kafka. Faust's base
+`Monitor` already counts the same things in plain ints and dicts (the lag gauge reads its offsets); this monitor
+keeps only those on the hot path and turns them into the same metric families, under the same names, when
+/metrics is scraped.
 
 What changes for a dashboard: nothing, except that `faust_events_runtime_ms` is not exported. With manual acks an
 event "ends" when the agent asks for the next one, which measures the agent's loop, not the event; genrec's own
@@ -16,6 +17,7 @@ rebalances and assignments are rare next to events and keep Faust's own Promethe
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter as Tally
 from collections.abc import Iterable
 from typing import Any
@@ -50,7 +52,9 @@ class ScrapeTimeMonitor(PrometheusMonitor):
     def __init__(self, metrics: FaustMetrics, prefix: str, **kwargs: Any) -> None:
         super().__init__(metrics, **kwargs)
         self._prefix = prefix
-        self._events_per_stream: Tally[StreamT] = Tally()
+        # Faust's label of each stream, made once per stream (weakly held: an agent that restarts makes new ones).
+        self._stream_labels: weakref.WeakKeyDictionary[StreamT, str] = weakref.WeakKeyDictionary()
+        self._events_per_stream: Tally[str] = Tally()
 
     # ------------------------------------------------------------------ hot path: ints and dicts only
 
@@ -60,7 +64,10 @@ class ScrapeTimeMonitor(PrometheusMonitor):
     def on_stream_event_in(self, tp: TP, offset: int, stream: StreamT, event: EventT) -> None:
         self.events_total += 1
         self.events_active += 1
-        self._events_per_stream[stream] += 1
+        label = self._stream_labels.get(stream)
+        if label is None:
+            label = self._stream_labels[stream] = f"stream.{self._stream_label(stream)}.events"
+        self._events_per_stream[label] += 1
 
     def on_stream_event_out(self, tp: TP, offset: int, stream: StreamT, event: EventT, state: Any = None) -> None:
         self.events_active -= 1
@@ -101,10 +108,7 @@ class ScrapeTimeMonitor(PrometheusMonitor):
         yield GaugeMetricFamily(f"{p}_total_active_events", "Total active events", value=self.events_active)
         per_stream = CounterMetricFamily(f"{p}_total_events_per_stream", "Events received per Stream",
                                          labels=["stream"])
-        by_label: Tally[str] = Tally()
-        for stream, n in list(self._events_per_stream.items()):
-            by_label[f"stream.{self._stream_label(stream)}.events"] += n
-        for label, n in by_label.items():
+        for label, n in list(self._events_per_stream.items()):
             per_stream.add_metric([label], n)
         yield per_stream
         tables = CounterMetricFamily(f"{p}_table_operations", "Total table operations",
