@@ -33,7 +33,7 @@ from genrec.model.config import TrainConfig
 from genrec.model.generative import GenerativeRecommender
 from genrec.model.tokens import History, feedback_label, tokenize
 from genrec.model.train import Trainer
-from genrec.model.vocab import ITEM_TABLES, grow_items, grow_optimizer_state, new_item_rows
+from genrec.model.vocab import ITEM_TABLES, grow_items, grow_optimizer_state, grow_popularity, new_item_rows
 from pydantic import BaseModel, ConfigDict, Field
 
 # Hard caps whatever the configuration says: online steps see few examples, a large LR would let one
@@ -204,9 +204,12 @@ class OnlineLearner:
     """Fine-tunes `model` in place; `serving` is the reference the gate compares against (a frozen copy)."""
 
     def __init__(self, model: GenerativeRecommender, item_ids: list[str], train_cfg: TrainConfig,
-                 cfg: OnlineConfig) -> None:
+                 cfg: OnlineConfig, popularity: Sequence[float] | None = None) -> None:
         self.cfg = cfg
         self.item_ids = item_ids
+        # Training counts of the starting model's items (checkpoint meta `item_popularity`): a new item's first
+        # row copies a tail item (model/vocab.py).
+        self.popularity = list(popularity) if popularity is not None else None
         tcfg = train_cfg.model_copy(update={"lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed})
         self.trainer = Trainer(model, tcfg)
         self.model = model
@@ -256,12 +259,14 @@ class OnlineLearner:
             if new_ids:
                 N = len(self.item_ids)
                 # Seeded by the vocabulary size: a replay of the same stream grows the same rows.
-                rows = new_item_rows(self.model, len(new_ids), text, seed=self.cfg.seed + N)
+                rows = new_item_rows(self.model, len(new_ids), text, seed=self.cfg.seed + N,
+                                     popularity=self.popularity)
                 model, ids = grow_items(self.model, self.item_ids, new_ids, rows)
                 serving, _ = grow_items(self.serving, self.item_ids, new_ids, rows)
                 self._swap_model(model, N + 1, len(ids) + 1)
                 self.serving = serving.eval()
                 self.item_ids = ids
+                self.popularity = grow_popularity(self.popularity, len(ids))  # new items: no training count yet
             n = self.model.cfg.num_items
             still = [ex for ex in self.waiting if ex.max_index > n]
             for ex in self.waiting:
@@ -381,7 +386,8 @@ class OnlineLearner:
         text = None
         if self.model.cfg.text_dim:
             text = self.model.item_text[n + 1 :].detach().cpu().numpy()  # type: ignore[index]
-        grown, _ = grow_items(model, item_ids, self.item_ids[n:], text=text, seed=self.cfg.seed + n)
+        grown, _ = grow_items(model, item_ids, self.item_ids[n:], text=text, seed=self.cfg.seed + n,
+                              popularity=self.popularity)
         return grown
 
     def follow(self, model_state: dict[str, torch.Tensor], version: str) -> None:

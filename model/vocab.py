@@ -15,13 +15,18 @@ The ID row of a new item, r_j:
 
     with a text vector:  r_j = 0                 the item is what its text says, e_j = W_text·text_j, until clicks
                                                  move it (known items' e_i = E[i] + W_text·text_i)
-    without:             r_j ~ N(0, σ² I)        σ = the RMS of the known rows' entries: a typical norm in a random
-                                                 direction. Meant to give a cosine ≈ 0 with any user state, but
-                                                 measured otherwise: on a Beauty model, 10 such items took a slot in
-                                                 every user's top 10 before any click, 1,091 took all of them
-                                                 (ops/analysis_new_item_crowding.py, BENCHMARKS.md "New items
-                                                 online on Amazon Beauty"): trained items fill a narrow cone that
-                                                 random directions outscore. Open: a better start for them.
+    without:             r_j = e_s + ε           a copy of a tail item s: drawn uniformly among the known items
+                                                 trained on at most the median count (all of them when no counts
+                                                 are known), its whole input vector e_s (text part included) and its
+                                                 rank bias; ε ~ N(0, (0.1·‖e_s‖)²/D) so that copies differ. Like its
+                                                 zero popularity (`grow_popularity`), a new item is then served as
+                                                 rarely as an item few clicked, until clicks move it.
+
+Why not a random direction (r_j ~ N(0, σ² I), the start before): trained items fill a narrow cone that random
+directions outscore. On a Beauty model, 10 such items took a slot in every user's top 10 before any click and
+1,091 took all of them; copies of items drawn from the whole catalog took 0 to 10 % of the slots, depending on
+whether a hub item (in everyone's top 10) was drawn and copied next to itself (ops/analysis_new_item_crowding.py,
+BENCHMARKS.md "New items online on Amazon Beauty").
 
 No Kafka here: the trainer role (streams/trainer.py) collects the new ids from the events topic and grows its
 model before a training round (model/online.py `OnlineLearner.grow`).
@@ -51,6 +56,8 @@ class NewItemRows:
     """The rows M new items get in each item-indexed table ([M, ·] each; keys as in ITEM_TABLES)."""
 
     rows: dict[str, Tensor]
+    # The known item each new row copies ([M], vocabulary index 1..N), 0 where the item starts from its text.
+    sources: Tensor | None = None
 
     @property
     def count(self) -> int:
@@ -74,42 +81,59 @@ def check_new_ids(item_ids: Sequence[str], new_ids: Sequence[str]) -> None:
         raise ValueError(f"{len(bad)} new item ids are not valid ids (1–{MAX_ITEM_ID_LEN} characters)")
 
 
+def tail_items(popularity: Sequence[float] | None, num_items: int) -> Tensor:
+    """Vocabulary indices (1..N) of the known items trained on at most the median count; all of them without
+    counts (`popularity`: checkpoint meta `item_popularity`, [N] or longer)."""
+    if popularity is None or len(popularity) < num_items:
+        return torch.arange(1, num_items + 1)
+    pop = torch.as_tensor(np.asarray(popularity[:num_items], np.float64))
+    return torch.nonzero(pop <= pop.median()).flatten() + 1
+
+
 @torch.no_grad()
 def new_item_rows(model: GenerativeRecommender, count: int, text: np.ndarray | None = None,
-                  has_text: Sequence[bool] | None = None, seed: int = 0) -> NewItemRows:
+                  has_text: Sequence[bool] | None = None, seed: int = 0,
+                  popularity: Sequence[float] | None = None) -> NewItemRows:
     """The initial rows of `count` new items (see the module docstring).
 
     text [M, T]: the items' text vectors (a model with text_dim only); has_text [M]: which of them came from
-    metadata (default: the non-zero rows). Deterministic in `seed`, so a run replays.
+    metadata (default: the non-zero rows); popularity [N]: the known items' training counts, which pick the tail
+    items to copy. Deterministic in `seed`, so a run replays.
     """
     sd = model.state_dict()
-    emb = sd["item_emb.weight"][1:]  # [N, D], padding row left out
+    emb = sd["item_emb.weight"]
     M, D = count, emb.shape[1]
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    sigma = emb.float().pow(2).mean().sqrt().item()
-    id_rows = torch.randn(M, D, generator=gen) * sigma  # [M, D]
+    tail = tail_items(popularity, model.cfg.num_items)
+    sources = tail[torch.randint(0, len(tail), (M,), generator=gen)]  # [M] the known item each new one copies
+    copied = model.item_vectors(sources.to(emb.device)).float().cpu()  # [M, D] e_s, text part included
+    noise = torch.randn(M, D, generator=gen) * (0.1 * copied.norm(dim=1, keepdim=True) / D**0.5)
+    id_rows = copied + noise  # [M, D]
+    from_text = torch.zeros(M, dtype=torch.bool)
     rows: dict[str, Tensor] = {}
     if "item_text" in sd:
         T = sd["item_text"].shape[1]
         t = torch.zeros(M, T) if text is None else torch.as_tensor(np.asarray(text, np.float32))
         if t.shape != (M, T):
             raise ValueError(f"text vectors of shape {tuple(t.shape)} for {M} new items of a {T}-d text model")
-        known = (t.abs().sum(1) > 0) if has_text is None else torch.as_tensor(list(has_text), dtype=torch.bool)
-        id_rows[known] = 0.0  # the text alone places the item until it is clicked
+        from_text = (t.abs().sum(1) > 0) if has_text is None else torch.as_tensor(list(has_text), dtype=torch.bool)
+        id_rows[from_text] = 0.0  # the text alone places the item until it is clicked
         rows["item_text"] = t.to(sd["item_text"].dtype)
     elif text is not None:
         raise ValueError("text vectors given for a model without item text (text_dim = 0)")
     rows["item_emb.weight"] = id_rows.to(emb.dtype)
     if "rank_bias.weight" in sd:
-        bias = sd["rank_bias.weight"][1:]  # [N, R]
-        rows["rank_bias.weight"] = bias.mean(0, keepdim=True).expand(M, -1).clone()
-    return NewItemRows(rows)
+        bias = sd["rank_bias.weight"].cpu()  # [N+1, R]
+        start = bias[sources].clone()  # a copy's appeal is its source's
+        start[from_text] = bias[1:].mean(0)  # an item known by its text: an average item's appeal
+        rows["rank_bias.weight"] = start
+    return NewItemRows(rows, sources=torch.where(from_text, 0, sources))
 
 
 @torch.no_grad()
 def grow_items(model: GenerativeRecommender, item_ids: Sequence[str], new_ids: Sequence[str],
-               rows: NewItemRows | None = None, *, text: np.ndarray | None = None, seed: int = 0
-               ) -> tuple[GenerativeRecommender, list[str]]:
+               rows: NewItemRows | None = None, *, text: np.ndarray | None = None, seed: int = 0,
+               popularity: Sequence[float] | None = None) -> tuple[GenerativeRecommender, list[str]]:
     """A copy of `model` whose vocabulary is item_ids + new_ids (indices 1..N unchanged, N+1..N+M new), and that
     vocabulary. `rows`: the new rows (`new_item_rows`); by default computed from `text` and `seed`. The input model
     is left as it was; the copy is on the same device, in the same train/eval mode."""
@@ -121,7 +145,7 @@ def grow_items(model: GenerativeRecommender, item_ids: Sequence[str], new_ids: S
         grown = GenerativeRecommender(model.cfg.model_copy())
         grown.load_state_dict(model.state_dict())
         return grown.to(model.item_emb.weight.device).train(model.training), list(item_ids)
-    rows = rows if rows is not None else new_item_rows(model, M, text, seed=seed)
+    rows = rows if rows is not None else new_item_rows(model, M, text, seed=seed, popularity=popularity)
     if rows.count != M:
         raise ValueError(f"{rows.count} new rows for {M} new items")
     cfg = model.cfg.model_copy(update={"num_items": N + M})

@@ -57,7 +57,8 @@ def crowding(ckpt_path: Path, dataset: str, data_dir: Path | None, *, users: int
     rows = []
     for m in new:
         new_ids = [f"genrec-new-item-{j}" for j in range(m)]
-        grown, vocab = grow_items(ck.model, ck.item_ids, new_ids, seed=seed)
+        grown, vocab = grow_items(ck.model, ck.item_ids, new_ids, seed=seed,
+                                  popularity=ck.meta.get("item_popularity"))
         with tempfile.TemporaryDirectory(prefix="genrec-crowding-") as d:
             save_checkpoint(Path(d) / "grown", grown, vocab, dataset=ck.meta.get("dataset", dataset),
                             train_config=ck.meta.get("train_config", {}))

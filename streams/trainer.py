@@ -174,7 +174,8 @@ class GenrecTrainer:
             if trained.item_ids[:n] != base.item_ids:
                 raise ValueError("the saved trainer state has another item vocabulary than --checkpoint")
             model, item_ids = grow_items(base.model, base.item_ids, trained.item_ids[n:])
-        learner = OnlineLearner(model, list(item_ids), tcfg, self.tsettings.online)
+        learner = OnlineLearner(model, list(item_ids), tcfg, self.tsettings.online,
+                                popularity=base.meta.get("item_popularity"))
         learner.state.serving_version = base.version
         if saved is not None and trained is not None:
             _, state, opt = saved

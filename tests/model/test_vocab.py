@@ -9,13 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from genrec.model.checkpoint import load_checkpoint, save_checkpoint, version_sha256
 from genrec.model.config import ModelConfig, TrainConfig
 from genrec.model.generative import GenerativeRecommender
 from genrec.model.online import OnlineConfig, OnlineLearner, make_example
 from genrec.model.serving import Recommender
 from genrec.model.tokens import Action, History
-from genrec.model.vocab import ITEM_TABLES, grow_items, grow_popularity, new_item_rows, new_item_text
+from genrec.model.vocab import (
+    ITEM_TABLES,
+    grow_items,
+    grow_popularity,
+    new_item_rows,
+    new_item_text,
+    tail_items,
+)
 
 N, M = 50, 7
 
@@ -51,12 +59,30 @@ def test_grown_tables_have_m_more_rows_and_keep_the_old_ones(text_dim: int) -> N
         else:
             assert torch.equal(new[k], v), k
     assert torch.equal(new["item_emb.weight"][0], torch.zeros(16))  # padding stays zero
-    # New ID rows: a typical norm, not all the same vector, not the padding.
+    # A new item without text starts as a copy of a known item: its whole input vector (the text part too, the
+    # new item having none) and its rank bias, within 10 % noise so that copies differ.
+    start = new_item_rows(model, M, seed=1)
+    assert start.sources is not None and ((start.sources >= 1) & (start.sources <= N)).all()
     rows = new["item_emb.weight"][N + 1 :]
-    typical = old["item_emb.weight"][1:].norm(dim=1).mean()
-    assert 0.5 * typical < rows.norm(dim=1).mean() < 2 * typical
+    with torch.no_grad():
+        copied = model.item_vectors(start.sources)
+    assert ((rows - copied).norm(dim=1) < 0.25 * copied.norm(dim=1)).all()
+    assert (F.cosine_similarity(rows, copied, dim=1) > 0.95).all()
     assert torch.linalg.matrix_rank(rows) == M
-    assert torch.allclose(new["rank_bias.weight"][N + 1 :], old["rank_bias.weight"][1:].mean(0).expand(M, -1))
+    assert torch.equal(new["rank_bias.weight"][N + 1 :], old["rank_bias.weight"][start.sources])
+
+
+def test_new_items_copy_tail_items_only() -> None:
+    """With training counts, the copied items are the tail (at most the median count): a copy of a hub item would
+    sit next to it in every user's list before anyone clicked it."""
+    model = _model()
+    popularity = [100.0] * (N // 2) + [1.0] * (N - N // 2)  # items 1..25 popular, 26..50 the tail
+    assert torch.equal(tail_items(popularity, N), torch.arange(N // 2 + 1, N + 1))
+    assert torch.equal(tail_items(None, N), torch.arange(1, N + 1))  # no counts: any known item
+    start = new_item_rows(model, 200, seed=3, popularity=popularity)
+    assert start.sources is not None and (start.sources > N // 2).all()
+    grown, _ = grow_items(model, IDS, [f"n{k}" for k in range(200)], seed=3, popularity=popularity)
+    assert torch.equal(grown.item_emb.weight[N + 1 :], start.rows["item_emb.weight"])
 
 
 def test_known_items_score_the_same_after_growth(make_batch: Callable[..., dict[str, torch.Tensor]]) -> None:
@@ -88,6 +114,10 @@ def test_a_new_item_with_text_starts_as_its_text() -> None:
     with torch.no_grad():
         v = grown.item_vectors(torch.tensor([N + 1]))[0]
         assert torch.allclose(v, grown.text_proj(torch.ones(8)))  # type: ignore[misc]
+    start = new_item_rows(model, M, text)
+    assert start.sources is not None and start.sources[0] == 0 and (start.sources[1:] >= 1).all()
+    bias = grown.rank_bias.weight  # type: ignore[union-attr]
+    assert torch.allclose(bias[N + 1], model.rank_bias.weight[1:].mean(0))  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="text vectors of shape"):
         new_item_rows(model, M, np.zeros((M, 3), np.float32))
     with pytest.raises(ValueError, match="without item text"):
@@ -124,7 +154,8 @@ def test_online_learner_grows_between_rounds_and_trains_on_the_new_items() -> No
     model = _model()
     model.train()
     cfg = OnlineConfig(batch_size=8, min_new_examples=4, steps_per_round=3, holdout_every=1000)
-    learner = OnlineLearner(model, list(IDS), TrainConfig(), cfg)
+    popularity = [100.0] * (N // 2) + [1.0] * (N - N // 2)  # the tail: items 26..50
+    learner = OnlineLearner(model, list(IDS), TrainConfig(), cfg, popularity=popularity)
     rng = np.random.default_rng(0)
 
     def example(k: int, target: int) -> object:
@@ -142,6 +173,10 @@ def test_online_learner_grows_between_rounds_and_trains_on_the_new_items() -> No
     assert len(learner.waiting) == 8 and learner.ready() and len(learner.buffer.unseen) == 0
     learner.grow(NEW[:2])
     assert learner.item_ids == IDS + NEW[:2] and learner.model.cfg.num_items == N + 2
+    assert learner.popularity == [*popularity, 0.0, 0.0]  # the new items: no training count yet
+    tail = learner.model.item_emb.weight[N // 2 + 1 : N + 1].detach()
+    for row in learner.model.item_emb.weight[N + 1 :].detach():  # each a copy of a tail item (within 10 % noise)
+        assert F.cosine_similarity(row[None], tail).max() > 0.95
     assert learner.serving.cfg.num_items == N + 2 and not learner.waiting and len(learner.buffer.unseen) == 8
     after = learner.trainer.opt.state_dict()["state"][emb]["exp_avg"]
     assert torch.equal(after[: N + 1], moments) and not after[N + 1 :].any()
