@@ -174,8 +174,9 @@ class GenrecTrainer:
             if trained.item_ids[:n] != base.item_ids:
                 raise ValueError("the saved trainer state has another item vocabulary than --checkpoint")
             model, item_ids = grow_items(base.model, base.item_ids, trained.item_ids[n:])
+        # Items joined before a restart count 0, as they do in the published versions' meta (`_meta_for`).
         learner = OnlineLearner(model, list(item_ids), tcfg, self.tsettings.online,
-                                popularity=base.meta.get("item_popularity"))
+                                popularity=grow_popularity(base.meta.get("item_popularity"), len(item_ids)))
         learner.state.serving_version = base.version
         if saved is not None and trained is not None:
             _, state, opt = saved
