@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from faust.sensors.monitor import Monitor
@@ -94,11 +94,8 @@ class ScrapeTimeMonitor(PrometheusMonitor):
         yield CounterMetricFamily(f"{p}_messages_received", "Total messages received",
                                   value=self.messages_received_total)
         yield GaugeMetricFamily(f"{p}_active_messages", "Total active messages", value=self.messages_active)
-        per_topic = CounterMetricFamily(f"{p}_messages_received_per_topic", "Messages received per topic",
-                                        labels=["topic"])
-        for topic, n in list(self.messages_received_by_topic.items()):
-            per_topic.add_metric([topic], n)
-        yield per_topic
+        yield _by_label(CounterMetricFamily(f"{p}_messages_received_per_topic", "Messages received per topic",
+                                            labels=["topic"]), self.messages_received_by_topic)
         per_tp = GaugeMetricFamily(f"{p}_messages_received_per_topics_partition",
                                    "Messages received per topic/partition", labels=["topic", "partition"])
         for tp, offset in list(self.tp_read_offsets.items()):
@@ -106,11 +103,8 @@ class ScrapeTimeMonitor(PrometheusMonitor):
         yield per_tp
         yield CounterMetricFamily(f"{p}_total_events", "Total events received", value=self.events_total)
         yield GaugeMetricFamily(f"{p}_total_active_events", "Total active events", value=self.events_active)
-        per_stream = CounterMetricFamily(f"{p}_total_events_per_stream", "Events received per Stream",
-                                         labels=["stream"])
-        for label, n in list(self._events_per_stream.items()):
-            per_stream.add_metric([label], n)
-        yield per_stream
+        yield _by_label(CounterMetricFamily(f"{p}_total_events_per_stream", "Events received per Stream",
+                                            labels=["stream"]), self._events_per_stream)
         tables = CounterMetricFamily(f"{p}_table_operations", "Total table operations",
                                      labels=["table", "operation"])
         for name, state in list(self.tables.items()):
@@ -118,6 +112,13 @@ class ScrapeTimeMonitor(PrometheusMonitor):
                                  (self.KEYS_DELETED, state.keys_deleted)):
                 tables.add_metric([f"table.{name}", operation], n)
         yield tables
+
+
+def _by_label(family: CounterMetricFamily, counts: Mapping[str, int]) -> CounterMetricFamily:
+    """`family` with one sample per key of `counts` (copied first: Faust's loop may add a key meanwhile)."""
+    for label, n in list(counts.items()):
+        family.add_metric([label], n)
+    return family
 
 
 class _ScrapeTimeCollector(Collector):

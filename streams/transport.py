@@ -94,8 +94,7 @@ class _Consumer(faust_aiokafka.Consumer):
         """Every commit (the periodic one, a stop's, a revoke's) first finishes the work agents hold unacked
         (`GenrecFaustApp.finish_held_work`): the ingest holds its events until their coalesced history writes
         are made, and acking them here lets this commit cover them instead of the next one."""
-        for finish in self.app.finish_held_work:
-            await finish()
+        await self.app.finish_held()
         return await super().force_commit(topics, start_new_transaction=start_new_transaction)
 
     async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
@@ -361,9 +360,14 @@ class GenrecFaustApp(faust.App):
         self.checkpoint.add_changelog("changelogs", lambda: self.producer.flush())
         discard_unconfirmed_state(datadir, Path(self.conf.tabledir))
 
-    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+    async def finish_held(self) -> None:
+        """Run `finish_held_work`: before every offset commit and before Faust waits for every fetched message to
+        be acked."""
         for finish in self.finish_held_work:
             await finish()
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        await self.finish_held()
         await super()._consumer_wait_empty(consumer, logger)
 
     def mark_processed(self, message: Message) -> None:
